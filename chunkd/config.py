@@ -1,0 +1,254 @@
+"""TOML configuration -> frozen, validated dataclasses.
+
+Unknown keys and bad values are refused with the file, the dotted key and
+the reason. Relative paths are resolved against the config file's folder.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from chunkd.errors import ConfigError
+from chunkd.units import parse_duration, parse_size
+
+T = TypeVar("T")
+
+CONTAINER_KINDS = ("file", "s3", "http")
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    listen: str = "127.0.0.1:7878"
+    state_dir: Path = Path("state")
+    log_format: str = "json"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_chunk_size_bytes: int = 4 * 1024 * 1024
+    call_timeout_s: float = 5.0
+    instance_memory_bytes: int = 128 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    max_pending_streams: int = 10000
+    max_queued_jobs: int = 1000
+    source_retries: int = 3
+    source_retry_backoff_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    name: str
+    kind: str
+    root: Path | None = None  # file
+    options: Mapping[str, Any] = field(default_factory=dict)  # s3 / http keys
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    name: str
+    path: Path
+    instances: int = 1
+    max_bytes_per_second: int = 0
+    prefetch_chunks: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    daemon: DaemonConfig
+    limits: LimitsConfig
+    containers: Mapping[str, ContainerConfig]
+    components: Mapping[str, ComponentConfig]
+
+
+class _Table:
+    """One TOML table being read: tracks which keys were consumed."""
+
+    def __init__(self, file: str, prefix: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, prefix or None, f"expected a table, got {type(data).__name__}")
+        self.file = file
+        self.prefix = prefix
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, default: T, conv: Callable[[Any], T]) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        try:
+            return conv(self.data[name])
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(self.file, self.key(name), str(e)) from None
+
+    def require(self, name: str, conv: Callable[[Any], T]) -> T:
+        if name not in self.data:
+            raise ConfigError(self.file, self.key(name), "required key is missing")
+        return self.get(name, None, conv)  # type: ignore[arg-type]
+
+    def sub(self, name: str) -> "_Table":
+        self.seen.add(name)
+        return _Table(self.file, self.key(name), self.data.get(name, {}))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(self.file, self.key(unknown[0]), "unknown key")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        s = _str(v)
+        if s not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {s!r}")
+        return s
+    return conv
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"expected an integer, got {type(v).__name__}")
+        if v < minimum:
+            raise ValueError(f"must be at least {minimum}, got {v}")
+        return v
+    return conv
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        n = parse_size(v)
+        if n < minimum:
+            raise ValueError(f"must be at least {minimum} bytes, got {v!r}")
+        return n
+    return conv
+
+
+def _duration(positive: bool) -> Callable[[Any], float]:
+    def conv(v: Any) -> float:
+        s = parse_duration(v)
+        if positive and s <= 0:
+            raise ValueError(f"must be above zero, got {v!r}")
+        return s
+    return conv
+
+
+def _path(base: Path) -> Callable[[Any], Path]:
+    def conv(v: Any) -> Path:
+        p = Path(_str(v)).expanduser()
+        return p if p.is_absolute() else (base / p)
+    return conv
+
+
+def _listen(v: Any) -> str:
+    s = _str(v)
+    if s.startswith("unix:"):
+        if len(s) <= len("unix:"):
+            raise ValueError("unix: needs a socket path, e.g. unix:/run/chunkd/chunkd.sock")
+        return s
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT or unix:/path, got {s!r}")
+    return s
+
+
+def _string_map(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise TypeError("expected a table of string values")
+    return dict(v)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    file = str(p)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(file, None, f"cannot read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, None, f"not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, None, f"invalid TOML: {e}") from None
+    return config_from_mapping(data, file=file, base=p.resolve().parent)
+
+
+def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base: Path | None = None) -> Config:
+    base = base or Path.cwd()
+    top = _Table(file, "", dict(data))
+
+    d = top.sub("daemon")
+    daemon = DaemonConfig(
+        listen=d.get("listen", DaemonConfig.listen, _listen),
+        state_dir=d.get("state_dir", base / "state", _path(base)),
+        log_format=d.get("log_format", DaemonConfig.log_format, _choice(LOG_FORMATS)),
+        log_level=d.get("log_level", DaemonConfig.log_level, _choice(LOG_LEVELS)),
+    )
+    d.finish()
+
+    lt = top.sub("limits")
+    dl = LimitsConfig()
+    limits = LimitsConfig(
+        max_chunk_size_bytes=lt.get("max_chunk_size", dl.max_chunk_size_bytes, _size(1)),
+        call_timeout_s=lt.get("call_timeout", dl.call_timeout_s, _duration(True)),
+        instance_memory_bytes=lt.get("instance_memory", dl.instance_memory_bytes, _size(64 * 1024)),
+        max_buffered_bytes=lt.get("max_buffered_bytes", dl.max_buffered_bytes, _size(1)),
+        max_pending_streams=lt.get("max_pending_streams", dl.max_pending_streams, _int(1)),
+        max_queued_jobs=lt.get("max_queued_jobs", dl.max_queued_jobs, _int(1)),
+        source_retries=lt.get("source_retries", dl.source_retries, _int(0)),
+        source_retry_backoff_s=lt.get("source_retry_backoff", dl.source_retry_backoff_s, _duration(False)),
+    )
+    lt.finish()
+    if limits.max_buffered_bytes < limits.max_chunk_size_bytes:
+        raise ConfigError(file, "limits.max_buffered_bytes",
+                          "must be at least limits.max_chunk_size, or no chunk could ever be buffered")
+
+    containers: dict[str, ContainerConfig] = {}
+    ct = top.sub("containers")
+    for name in list(ct.data):
+        t = ct.sub(name)
+        kind = t.require("kind", _choice(CONTAINER_KINDS))
+        if kind == "file":
+            root = t.require("root", _path(base))
+            containers[name] = ContainerConfig(name=name, kind=kind, root=root)
+        elif kind == "s3":
+            opts = {k: t.get(k, None, _str) for k in ("endpoint_url", "bucket", "prefix", "region")}
+            containers[name] = ContainerConfig(name=name, kind=kind, options={k: v for k, v in opts.items() if v is not None})
+        else:
+            opts2: dict[str, Any] = {"base_url": t.get("base_url", None, _str),
+                                     "headers": t.get("headers", {}, _string_map),
+                                     "timeout_s": t.get("timeout", 30.0, _duration(True))}
+            containers[name] = ContainerConfig(name=name, kind=kind, options=opts2)
+        t.finish()
+
+    components: dict[str, ComponentConfig] = {}
+    cp = top.sub("components")
+    for name in list(cp.data):
+        t = cp.sub(name)
+        components[name] = ComponentConfig(
+            name=name,
+            path=t.require("path", _path(base)),
+            instances=t.get("instances", 1, _int(1)),
+            max_bytes_per_second=t.get("max_bytes_per_second", 0, _size(0)),
+            prefetch_chunks=t.get("prefetch_chunks", 2, _int(1)),
+        )
+        t.finish()
+    top.finish()
+    return Config(file=file, daemon=daemon, limits=limits, containers=containers, components=components)

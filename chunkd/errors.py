@@ -1,0 +1,47 @@
+"""The small error hierarchy; every message reads well in a log line."""
+from __future__ import annotations
+
+
+class ChunkdError(Exception):
+    """Base of every error chunkd raises on purpose."""
+
+
+class ConfigError(ChunkdError):
+    """A config file is unreadable, malformed, or has a bad key or value."""
+
+    def __init__(self, file: str, key: str | None, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+class ComponentError(ChunkdError):
+    """A component file is missing, is not valid wasm, or has the wrong world."""
+
+
+class SourceError(ChunkdError):
+    """A blob source failed. `transient` errors are worth a retry."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class BlobNotFound(SourceError):
+    pass
+
+
+class NameRefused(SourceError):
+    """A blob name that would escape its container (.., absolute, symlink)."""
+
+
+class GuestTrap(ChunkdError):
+    """A call into a guest trapped, ran past call_timeout, or the instance broke.
+
+    The instance is discarded; every stream bound to it ends failed."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout

@@ -1,0 +1,79 @@
+"""Loading a component file and checking it exports the `consumer` world."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasmtime import Engine, WasmtimeError
+from wasmtime.component import Component
+
+from chunkd.errors import ComponentError
+
+PACKAGE = "chunkd:streams"
+VERSION = "0.1.0"
+TYPES_IFACE = f"{PACKAGE}/types@{VERSION}"
+BLOBS_IFACE = f"{PACKAGE}/blobs@{VERSION}"
+HANDLER_IFACE = f"{PACKAGE}/chunked-stream-handler@{VERSION}"
+EVENTS_IFACE = f"{PACKAGE}/chunked-stream-events@{VERSION}"
+TRIGGER_IFACE = f"{PACKAGE}/trigger@{VERSION}"
+
+HOST_IMPORTS = (TYPES_IFACE, BLOBS_IFACE)
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    world: str  # "consumer" or "consumer-with-events"
+    has_events: bool
+    imports: tuple[str, ...]
+
+
+@dataclass
+class LoadedComponent:
+    name: str
+    path: Path
+    component: Component
+    info: WorldInfo
+
+
+def _funcs_of(component: Component, engine: Engine, iface: str) -> set[str] | None:
+    exports = component.type.exports(engine)
+    ext = exports.get(iface)
+    if ext is None:
+        return None
+    inst_ty = ext.ty
+    try:
+        return set(inst_ty.exports(engine))  # type: ignore[union-attr]
+    except AttributeError:
+        return set()
+
+
+def check_world(component: Component, engine: Engine, label: str) -> WorldInfo:
+    """Raise ComponentError unless `component` exports the consumer world."""
+    handler = _funcs_of(component, engine, HANDLER_IFACE)
+    if handler is None or "handle-chunk" not in handler:
+        raise ComponentError(f"{label}: does not export {HANDLER_IFACE} (handle-chunk): not a chunkd consumer")
+    trigger = _funcs_of(component, engine, TRIGGER_IFACE)
+    if trigger is None or "invoke" not in trigger:
+        raise ComponentError(f"{label}: does not export {TRIGGER_IFACE} (invoke): not a chunkd consumer")
+    events = _funcs_of(component, engine, EVENTS_IFACE)
+    has_events = events is not None and "stream-ended" in events
+    imports = tuple(sorted(component.type.imports(engine)))
+    for imp in imports:
+        if imp in HOST_IMPORTS or imp.startswith("wasi:"):
+            continue
+        raise ComponentError(f"{label}: imports {imp!r}, which chunkd does not provide")
+    return WorldInfo("consumer-with-events" if has_events else "consumer", has_events, imports)
+
+
+def load_component(engine: Engine, name: str, path: Path) -> LoadedComponent:
+    label = f"component {name!r} ({path})"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ComponentError(f"{label}: cannot read: {e.strerror or e}") from None
+    try:
+        comp = Component(engine, data)
+    except WasmtimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+        raise ComponentError(f"{label}: not a valid wasm component: {first}") from None
+    return LoadedComponent(name, path, comp, check_world(comp, engine, label))

@@ -1,0 +1,308 @@
+"""One instance of one component: its store, its thread, its host imports.
+
+Every call into the instance (instantiate, invoke, handle-chunk,
+stream-ended, resource drops) runs on the instance's own worker thread, so
+the event loop never blocks and no two calls run in one instance at once.
+Host imports called by the guest run on that thread too; anything async
+(opening or reading a blob) is handed to the loop with
+run_coroutine_threadsafe, and the time spent waiting there is given back
+to the call's epoch budget: call_timeout counts guest time only.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
+
+import structlog
+from wasmtime import Store, Trap, TrapCode, WasiConfig, WasmtimeError
+from wasmtime.component import Func, Linker, ResourceAny, ResourceHost, ResourceType, Variant
+
+from chunkd.errors import ChunkdError, GuestTrap, SourceError
+from chunkd.host import values
+from chunkd.host.component import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE, LoadedComponent
+from chunkd.host.engine import EpochClock
+
+if TYPE_CHECKING:
+    from chunkd.sources.base import Blob
+
+log = structlog.get_logger("chunkd.instance")
+
+STREAM_RESOURCE_ID = 1
+HOST_WAIT_LIMIT_S = 600.0
+MAX_OUTPUT_LINE = 64 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass
+class HostStream:
+    """An input-stream resource as the host keeps it (rep = handle)."""
+
+    handle: int
+    container: str
+    name: str
+    blob: "Blob"
+    position: int = 0
+    chunking: bool = False
+    handle_dropped: bool = False
+    ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class HostServices(Protocol):
+    """What an instance needs from the daemon, implemented by the runtime."""
+
+    loop: asyncio.AbstractEventLoop
+
+    async def open_blob(self, container: str, name: str) -> "Blob": ...
+
+    async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes: ...
+
+    def start_chunking(self, inst: "GuestInstance", stream: HostStream, chunk_size: int,
+                       correlation_id: int) -> Variant | None:
+        """Called on the instance thread; None on success, else a stream-error."""
+        ...
+
+    def stream_released(self, inst: "GuestInstance", stream: HostStream) -> None:
+        """The guest dropped its handle of a stream that is not being chunked."""
+        ...
+
+    def guest_output(self, inst: "GuestInstance", fd: str, line: str) -> None: ...
+
+
+class _LineBuffer:
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._buf = bytearray()
+        self._emit = emit
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                break
+            line = bytes(self._buf[:nl])
+            del self._buf[: nl + 1]
+            self._emit(line.decode("utf-8", "replace"))
+        if len(self._buf) > MAX_OUTPUT_LINE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            line = bytes(self._buf)
+            self._buf.clear()
+            self._emit(line.decode("utf-8", "replace"))
+
+
+class GuestInstance:
+    def __init__(self, comp: LoadedComponent, index: int, services: HostServices, clock: EpochClock,
+                 *, call_timeout_s: float, memory_bytes: int, max_chunk_size: int) -> None:
+        self.comp = comp
+        self.index = index
+        self.label = f"{comp.name}#{index}"
+        self.services = services
+        self.clock = clock
+        self.call_timeout_ticks = clock.ticks_for(call_timeout_s)
+        self.call_timeout_s = call_timeout_s
+        self.memory_bytes = memory_bytes
+        self.max_chunk_size = max_chunk_size
+        self.broken: str | None = None
+        self.job: Any = None  # the job this instance is serving (set by the runner)
+        self.active_cids: set[int] = set()
+        self.streams: dict[int, HostStream] = {}
+        self._next_handle = 1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
+        self._store: Store | None = None
+        self._funcs: dict[str, Func] = {}
+        self._call_start_tick = 0
+        self._waited_ticks = 0
+        self._in_call = False
+        self._stdout = _LineBuffer(lambda line: services.guest_output(self, "stdout", line))
+        self._stderr = _LineBuffer(lambda line: services.guest_output(self, "stderr", line))
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._on_thread(self._instantiate)
+
+    async def close(self) -> None:
+        def drop() -> None:
+            self._funcs.clear()
+            self._store = None
+        try:
+            await self._on_thread(drop)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _instantiate(self) -> None:
+        engine = self.clock.engine
+        store = Store(engine)
+        wasi = WasiConfig()  # no preopens, no env, no args, no network, no stdin
+        wasi.stdout_custom = self._stdout.write
+        wasi.stderr_custom = self._stderr.write
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=self.memory_bytes)
+        store.set_epoch_deadline(self.call_timeout_ticks)
+        linker = Linker(engine)
+        linker.add_wasip2()
+        with linker.root() as root:
+            with root.add_instance(TYPES_IFACE) as types:
+                types.add_resource("input-stream", ResourceType.host(STREAM_RESOURCE_ID), self._drop_stream)
+                types.add_func("[method]input-stream.size", self._host_size)
+                types.add_func("[method]input-stream.read", self._host_read)
+                types.add_func("[method]input-stream.start-chunking-read", self._host_start_chunking)
+            with root.add_instance(BLOBS_IFACE) as blobs:
+                blobs.add_func("open", self._host_open)
+        self._store = store
+        self._begin_call()
+        try:
+            instance = linker.instantiate(store, self.comp.component)
+        except (Trap, WasmtimeError) as e:
+            raise self._classify(e, "instantiate") from None
+        finally:
+            self._in_call = False
+        for iface, fname in ((TRIGGER_IFACE, "invoke"), (HANDLER_IFACE, "handle-chunk"), (EVENTS_IFACE, "stream-ended")):
+            idx = instance.get_export_index(store, iface)
+            if idx is None:
+                continue
+            fidx = instance.get_export_index(store, fname, idx)
+            func = instance.get_func(store, fidx) if fidx is not None else None
+            if func is not None:
+                self._funcs[fname] = func
+
+    # --- calls into the guest -----------------------------------------------------------
+
+    def _begin_call(self) -> None:
+        assert self._store is not None
+        self._call_start_tick = self.clock.ticks
+        self._waited_ticks = 0
+        self._in_call = True
+        self._store.set_epoch_deadline(self.call_timeout_ticks)
+
+    def _classify(self, e: Exception, what: str) -> GuestTrap:
+        text = str(e)
+        timeout = False
+        if isinstance(e, Trap) and e.trap_code == TrapCode.INTERRUPT:
+            timeout = True
+        elif "interrupt" in text.lower() and "wasm trap" in text.lower():
+            timeout = True
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        if timeout:
+            msg = f"{what} ran past call_timeout ({self.call_timeout_s:g}s) in {self.label}"
+        else:
+            msg = f"{what} trapped in {self.label}: {first}"
+        self.broken = msg
+        return GuestTrap(msg, timeout=timeout)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if self.broken:
+            raise GuestTrap(f"instance {self.label} is broken: {self.broken}")
+        func = self._funcs[name]
+        store = self._store
+        assert store is not None
+        self._begin_call()
+        try:
+            result = func(store, *args)
+            func.post_return(store)
+            return result
+        except (Trap, WasmtimeError) as e:
+            raise self._classify(e, name) from None
+        finally:
+            self._in_call = False
+
+    async def invoke(self, args: list[str]) -> tuple[bool, str]:
+        result = await self._on_thread(self._call, "invoke", args)
+        return values.lift_invoke_result(result)
+
+    async def handle_chunk(self, stream: HostStream, correlation_id: int, current: int, total: int,
+                           data: bytes) -> bool:
+        def call() -> bool:
+            borrowed = ResourceHost.borrow(stream.handle, STREAM_RESOURCE_ID)
+            return bool(self._call("handle-chunk", borrowed, correlation_id, current, total, data))
+        return await self._on_thread(call)
+
+    @property
+    def has_events(self) -> bool:
+        return "stream-ended" in self._funcs
+
+    async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        if self.has_events and not self.broken:
+            await self._on_thread(self._call, "stream-ended", correlation_id, end.to_wit())
+
+    # --- host side of the guest's imports (instance thread) -----------------------------
+
+    def _wait_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the event loop; the time waited does not count against call_timeout."""
+        t0 = self.clock.ticks
+        fut = asyncio.run_coroutine_threadsafe(coro, self.services.loop)
+        try:
+            return fut.result(timeout=HOST_WAIT_LIMIT_S)
+        finally:
+            if self._in_call and self._store is not None:
+                self._waited_ticks += self.clock.ticks - t0
+                used = self.clock.ticks - self._call_start_tick - self._waited_ticks
+                self._store.set_epoch_deadline(max(1, self.call_timeout_ticks - used))
+
+    def _stream_of(self, store: Any, this: ResourceAny) -> HostStream | None:
+        rep = this.to_host(store).rep  # consume the borrow within the call
+        return self.streams.get(rep)
+
+    def _host_open(self, store: Any, container: str, name: str) -> Any:
+        try:
+            blob = self._wait_on_loop(self.services.open_blob(container, name))
+        except ChunkdError as e:
+            return values.err_failed(str(e))
+        except TimeoutError:
+            return values.err_failed(f"open {container}/{name}: timed out")
+        handle = self._next_handle
+        self._next_handle += 1
+        self.streams[handle] = HostStream(handle, container, name, blob)
+        log.debug("blob_opened", component=self.comp.name, instance=self.label, container=container,
+                  blob=name, size=blob.size, handle=handle)
+        return ResourceHost.own(handle, STREAM_RESOURCE_ID)
+
+    def _host_size(self, store: Any, this: ResourceAny) -> int | None:
+        s = self._stream_of(store, this)
+        return None if s is None else s.blob.size
+
+    def _host_read(self, store: Any, this: ResourceAny, length: int) -> Any:
+        s = self._stream_of(store, this)
+        if s is None or s.chunking or s.ended:
+            return values.err_closed()
+        if length > self.max_chunk_size:
+            return values.err_invalid(f"len {length} is above max-chunk-size {self.max_chunk_size}")
+        if length == 0:
+            return b""
+        try:
+            data = self._wait_on_loop(self.services.read_blob(s.blob, s.position, length))
+        except SourceError as e:
+            return values.err_failed(str(e))
+        s.position += len(data)
+        return data
+
+    def _host_start_chunking(self, store: Any, this: ResourceAny, chunk_size: int, correlation_id: int) -> Any:
+        s = self._stream_of(store, this)
+        if s is None or s.ended:
+            return values.err_closed()
+        return self.services.start_chunking(self, s, chunk_size, correlation_id)
+
+    def _drop_stream(self, store: Any, rep: int) -> None:
+        s = self.streams.get(rep)
+        if s is None:
+            return
+        s.handle_dropped = True
+        if not s.chunking:
+            del self.streams[rep]
+            self.services.stream_released(self, s)
+
+    def forget_stream(self, s: HostStream) -> None:
+        """A chunked stream ended; keep it only while the guest still holds its handle."""
+        s.ended = True
+        if s.handle_dropped:
+            self.streams.pop(s.handle, None)

@@ -1,0 +1,91 @@
+"""Job records: one invoke and every stream it (or its handle-chunk calls) started."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chunkd.host.instance import GuestInstance, HostStream
+    from chunkd.scheduler import Delivery
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
+FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
+
+
+@dataclass
+class StreamRequest:
+    """A start-chunking-read accepted on an instance thread, not yet scheduled."""
+
+    inst: "GuestInstance"
+    stream: "HostStream"
+    chunk_size: int
+    correlation_id: int
+    start: int
+
+
+@dataclass
+class Job:
+    component: str
+    args: list[str]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: str = QUEUED
+    invoke_ok: bool | None = None
+    invoke_result: str | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    instance: str | None = None
+    deliveries: list["Delivery"] = field(default_factory=list)
+    # filled from instance threads, drained by the delivery loop
+    requests: list[StreamRequest] = field(default_factory=list)
+    requests_lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+
+    def take_requests(self) -> list[StreamRequest]:
+        with self.requests_lock:
+            reqs, self.requests = self.requests, []
+        return reqs
+
+    def add_request(self, req: StreamRequest) -> None:
+        with self.requests_lock:
+            self.requests.append(req)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "component": self.component,
+            "args": self.args,
+            "state": self.state,
+            "invoke": None if self.invoke_ok is None else {"ok": self.invoke_ok, "result": self.invoke_result},
+            "error": self.error,
+            "instance": self.instance,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "streams": [
+                {
+                    "correlation_id": d.correlation_id,
+                    "container": d.stream.container,
+                    "blob": d.stream.name,
+                    "chunk_size": d.chunk_size,
+                    "size": d.size,
+                    "total_chunks": d.total_chunks,
+                    "chunks": d.stats.chunks,
+                    "bytes": d.stats.bytes,
+                    "retries": d.stats.retries,
+                    "end": None if d.outcome is None else str(d.outcome),
+                }
+                for d in self.deliveries
+            ],
+        }
