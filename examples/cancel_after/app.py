@@ -1,7 +1,7 @@
 """cancel_after: reads the first N chunks of a blob, then answers false.
 
-invoke(args): [CONTAINER, NAME, CHUNK_SIZE, N]. Prints each chunk it sees
-and how the stream ended.
+invoke(args): [CONTAINER, NAME, CHUNK_SIZE, N]. Prints each chunk it sees.
+Built for the plain `consumer` world (no stream-ended export).
 """
 from wit_world import exports
 from wit_world.imports import blobs
@@ -27,7 +27,3 @@ class ChunkedStreamHandler(exports.ChunkedStreamHandler):
         print(f"chunk {current_chunk}/{total_chunks} {len(data)} bytes", flush=True)
         return current_chunk + 1 < _limit[correlation_id]
 
-
-class ChunkedStreamEvents(exports.ChunkedStreamEvents):
-    def stream_ended(self, correlation_id: int, end) -> None:
-        print(f"ended {correlation_id} {type(end).__name__}", flush=True)
