@@ -36,6 +36,7 @@ class BufferBudget:
         self.limit = limit
         self.in_use = 0
         self.peak = 0
+        self.waits = 0  # how often a source had to wait for room: backpressure at work
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     async def acquire(self, n: int) -> None:
@@ -44,6 +45,7 @@ class BufferBudget:
             self._take(n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waits += 1
         self._waiters.append((n, fut))
         try:
             await fut
@@ -129,6 +131,7 @@ class End:
 class StreamStats:
     chunks: int = 0
     bytes: int = 0
+    read_bytes: int = 0  # bytes fetched from the source (delivered + read ahead)
     retries: int = 0
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
@@ -203,6 +206,7 @@ class Delivery:
             handed = False
             try:
                 data = b"" if want <= 0 else await self._read(offset, want)
+                self.stats.read_bytes += len(data)
                 if self.size is not None and len(data) != want:
                     raise SourceError(f"blob {self.name} changed size: got {len(data)} bytes at offset "
                                       f"{offset}, expected {want}")

@@ -68,9 +68,9 @@ def check_world(component: Component, engine: Engine, label: str) -> WorldInfo:
 def load_component(engine: Engine, name: str, path: Path) -> LoadedComponent:
     label = f"component {name!r} ({path})"
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ComponentError(f"{label}: cannot read: {e.strerror or e}") from None
+        data: bytes | str = path.read_text() if path.suffix == ".wat" else path.read_bytes()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ComponentError(f"{label}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
         comp = Component(engine, data)
     except WasmtimeError as e:

@@ -6,30 +6,48 @@ resolve outside the root are refused.
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import Executor
 from pathlib import Path
 
 import aiofiles
+import aiofiles.os
 import aiofiles.threadpool.binary
 
 from chunkd.errors import BlobNotFound, NameRefused, SourceError
 
 
 class FileBlob:
-    def __init__(self, f: aiofiles.threadpool.binary.AsyncBufferedReader, size: int) -> None:
+    """A regular file (size known), or a named pipe (size unknown, read in order)."""
+
+    def __init__(self, f: aiofiles.threadpool.binary.AsyncBufferedReader, size: int | None) -> None:
         self._f = f
         self._size = size
+        self._pos = 0
 
     @property
     def size(self) -> int | None:
         return self._size
 
     async def read_at(self, offset: int, length: int) -> bytes:
-        if offset >= self._size or length <= 0:
+        if length <= 0 or (self._size is not None and offset >= self._size):
             return b""
         try:
-            await self._f.seek(offset)
-            return await self._f.read(min(length, self._size - offset))
+            if self._size is not None:
+                await self._f.seek(offset)
+                return await self._f.read(min(length, self._size - offset))
+            if offset != self._pos:
+                raise SourceError(f"a pipe can only be read in order (at {self._pos}, asked for {offset})")
+            parts: list[bytes] = []
+            got = 0
+            while got < length:
+                part = await self._f.read(length - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+            self._pos += got
+            return b"".join(parts)
         except OSError as e:
             raise SourceError(f"read failed at offset {offset}: {e.strerror or e}", transient=True) from None
 
@@ -61,22 +79,26 @@ class FileContainer:
     async def open(self, name: str) -> FileBlob:
         path = self.resolve(name)
         try:
+            st = await aiofiles.os.stat(path, executor=self._executor)
+        except FileNotFoundError:
+            raise BlobNotFound(f"no blob {name!r} in container {self.name!r}") from None
+        except OSError as e:
+            raise SourceError(f"cannot stat {name!r}: {e.strerror or e}") from None
+        if stat.S_ISREG(st.st_mode):
+            size: int | None = st.st_size
+        elif stat.S_ISFIFO(st.st_mode):
+            size = None  # streamed in order, total-chunks 0
+        else:
+            raise BlobNotFound(f"{name!r} in container {self.name!r} is not a regular file or a pipe")
+        try:
             f = await aiofiles.open(path, "rb", executor=self._executor)
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {name!r} in container {self.name!r}") from None
-        except IsADirectoryError:
-            raise BlobNotFound(f"{name!r} in container {self.name!r} is a directory") from None
         except OSError as e:
             raise SourceError(f"cannot open {name!r}: {e.strerror or e}") from None
-        try:
-            st = os.fstat(f.fileno())
-        except OSError as e:
-            await f.close()
-            raise SourceError(f"cannot stat {name!r}: {e.strerror or e}") from None
-        if not os.path.stat.S_ISREG(st.st_mode):
-            await f.close()
-            raise BlobNotFound(f"{name!r} in container {self.name!r} is not a regular file")
-        return FileBlob(f, st.st_size)
+        if size is not None:
+            size = os.fstat(f.fileno()).st_size  # the file we actually opened
+        return FileBlob(f, size)
 
     async def close(self) -> None:
         pass
