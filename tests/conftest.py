@@ -99,3 +99,12 @@ def harness(state_dir: Path, blobs: Path, guests: dict[str, Path]) -> Callable[.
             await asyncio.wait_for(rt.close(), 30)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Any:
+    """CLI tests configure structlog globally; start every test from the defaults."""
+    import structlog
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
