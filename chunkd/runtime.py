@@ -327,9 +327,14 @@ class Runtime:
             await inst.stream_ended(d.correlation_id, end)
 
     async def _end_all(self, job: Job, inst: GuestInstance, end: values.StreamEnd, *, tell_guest: bool) -> None:
-        self._schedule_requests(job)
-        for d in job.deliveries:
-            await self._end(inst, d, end, tell_guest=tell_guest)
+        # a guest may start more streams from stream-ended; those end the same way
+        while True:
+            self._schedule_requests(job)
+            open_ = [d for d in job.deliveries if d.outcome is None]
+            if not open_:
+                return
+            for d in open_:
+                await self._end(inst, d, end, tell_guest=tell_guest)
 
     async def _instance_lost(self, job: Job, inst: GuestInstance, e: GuestTrap) -> None:
         self.counters["timeouts" if e.timeout else "traps"] += 1

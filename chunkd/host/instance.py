@@ -283,6 +283,8 @@ class GuestInstance:
             data = self._wait_on_loop(self.services.read_blob(s.blob, s.position, length))
         except SourceError as e:
             return values.err_failed(str(e))
+        except TimeoutError:
+            return values.err_failed(f"read of {s.container}/{s.name} timed out")
         s.position += len(data)
         return data
 
