@@ -94,7 +94,11 @@ class _Table:
     def require(self, name: str, conv: Callable[[Any], T]) -> T:
         if name not in self.data:
             raise ConfigError(self.file, self.key(name), "required key is missing")
-        return self.get(name, None, conv)  # type: ignore[arg-type]
+        self.seen.add(name)
+        try:
+            return conv(self.data[name])
+        except (ValueError, TypeError) as e:
+            raise ConfigError(self.file, self.key(name), str(e)) from None
 
     def sub(self, name: str) -> "_Table":
         self.seen.add(name)
@@ -233,7 +237,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
             containers[name] = ContainerConfig(name=name, kind=kind, options={k: v for k, v in opts.items() if v is not None})
         else:
             opts2: dict[str, Any] = {"base_url": t.get("base_url", None, _str),
-                                     "headers": t.get("headers", {}, _string_map),
+                                     "headers": t.get("headers", dict[str, str](), _string_map),
                                      "timeout_s": t.get("timeout", 30.0, _duration(True))}
             containers[name] = ContainerConfig(name=name, kind=kind, options=opts2)
         t.finish()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkd.jobs import CANCELLED, COMPLETED, FAILED
+from chunkd.jobs import COMPLETED, FAILED
 from tests.conftest import make_blob
 
 

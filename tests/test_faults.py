@@ -101,7 +101,7 @@ async def test_jobs_queue_for_a_single_instance(harness, blobs: Path) -> None:
     assert all(j.state == COMPLETED for j in jobs)
     # one instance: one job at a time, the deliveries of a job before the next job's invoke
     spans = sorted((j.started_at, j.ended_at) for j in jobs)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
 
 
 async def test_backpressure_keeps_buffered_bytes_under_budget(harness, blobs: Path) -> None:

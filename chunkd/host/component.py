@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasmtime import Engine, WasmtimeError
-from wasmtime.component import Component
+from wasmtime.component import Component, ComponentInstanceType
 
 from chunkd.errors import ComponentError
 
@@ -41,10 +41,9 @@ def _funcs_of(component: Component, engine: Engine, iface: str) -> set[str] | No
     if ext is None:
         return None
     inst_ty = ext.ty
-    try:
-        return set(inst_ty.exports(engine))  # type: ignore[union-attr]
-    except AttributeError:
+    if not isinstance(inst_ty, ComponentInstanceType):
         return set()
+    return set(inst_ty.exports(engine))
 
 
 def check_world(component: Component, engine: Engine, label: str) -> WorldInfo:

@@ -93,7 +93,7 @@ _stock_from_c: Callable[..., Any] = ListType.convert_from_c
 def _view(data_ptr: Any, n: int) -> np.ndarray:
     addr = ctypes.cast(data_ptr, ctypes.c_void_p).value
     buf = (ctypes.c_uint8 * (n * _VAL_SIZE)).from_address(addr)  # type: ignore[arg-type]
-    return np.frombuffer(buf, dtype=np.uint8).reshape(n, _VAL_SIZE)
+    return np.frombuffer(memoryview(buf), dtype=np.uint8).reshape(n, _VAL_SIZE)
 
 
 def lower_bytes(data: bytes | bytearray | memoryview, ptr: Any) -> None:
