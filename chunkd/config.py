@@ -26,6 +26,12 @@ class DaemonConfig:
     state_dir: Path = Path("state")
     log_format: str = "json"
     log_level: str = "info"
+    auth_token: str = ""  # bearer token for the API on TCP; CHUNKD_AUTH_TOKEN overrides
+    shutdown_grace_s: float = 30.0
+    max_attempts: int = 3
+    job_retention_s: float = 7 * 86400.0
+    max_request_bytes: int = 64 * 1024
+    watchdog: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,12 @@ class _Table:
 def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
     return v
 
 
@@ -204,6 +216,12 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         state_dir=d.get("state_dir", base / "state", _path(base)),
         log_format=d.get("log_format", DaemonConfig.log_format, _choice(LOG_FORMATS)),
         log_level=d.get("log_level", DaemonConfig.log_level, _choice(LOG_LEVELS)),
+        auth_token=d.get("auth_token", "", _str),
+        shutdown_grace_s=d.get("shutdown_grace", DaemonConfig.shutdown_grace_s, _duration(False)),
+        max_attempts=d.get("max_attempts", DaemonConfig.max_attempts, _int(1)),
+        job_retention_s=d.get("job_retention", DaemonConfig.job_retention_s, _duration(True)),
+        max_request_bytes=d.get("max_request_bytes", DaemonConfig.max_request_bytes, _size(1024)),
+        watchdog=d.get("watchdog", True, _bool),
     )
     d.finish()
 

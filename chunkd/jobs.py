@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 import uuid
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
+MAX_OUTPUT_LINES = 1000  # guest stdout lines kept per job (the newest)
 
 
 @dataclass
@@ -40,6 +42,9 @@ class Job:
     started_at: float | None = None
     ended_at: float | None = None
     instance: str | None = None
+    attempts: int = 0
+    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_OUTPUT_LINES))
+    past_streams: list[dict[str, Any]] = field(default_factory=list)  # from the store, for finished jobs
     deliveries: list["Delivery"] = field(default_factory=list)
     # filled from instance threads, drained by the delivery loop
     requests: list[StreamRequest] = field(default_factory=list)
@@ -61,31 +66,59 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
+    def record(self) -> dict[str, Any]:
+        """The durable form (see jobstore.py)."""
+        return {
+            "id": self.id, "component": self.component, "args": self.args, "state": self.state,
+            "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
+            "ended_at": self.ended_at, "invoke_ok": self.invoke_ok, "invoke_result": self.invoke_result,
+            "error": self.error, "streams": self.stream_summaries(), "output": list(self.output),
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> "Job":
+        job = cls(component=r["component"], args=list(r["args"]), id=r["id"], state=r["state"],
+                  invoke_ok=r["invoke_ok"], invoke_result=r["invoke_result"], error=r["error"],
+                  created_at=r["created_at"], started_at=r["started_at"], ended_at=r["ended_at"],
+                  attempts=r["attempts"])
+        job.output.extend(r["output"])
+        job.past_streams = list(r["streams"])
+        return job
+
     def summary(self) -> dict[str, Any]:
         return {
             "job_id": self.id,
             "component": self.component,
             "args": self.args,
             "state": self.state,
+            "attempts": self.attempts,
             "invoke": None if self.invoke_ok is None else {"ok": self.invoke_ok, "result": self.invoke_result},
             "error": self.error,
             "instance": self.instance,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "streams": [
-                {
-                    "correlation_id": d.correlation_id,
-                    "container": d.stream.container,
-                    "blob": d.stream.name,
-                    "chunk_size": d.chunk_size,
-                    "size": d.size,
-                    "total_chunks": d.total_chunks,
-                    "chunks": d.stats.chunks,
-                    "bytes": d.stats.bytes,
-                    "retries": d.stats.retries,
-                    "end": None if d.outcome is None else str(d.outcome),
-                }
-                for d in self.deliveries
-            ],
+            "streams": self.stream_summaries(),
+            "output": list(self.output),
         }
+
+    def stream_summaries(self) -> list[dict[str, Any]]:
+        if not self.deliveries:
+            return list(self.past_streams)
+        return [
+            {
+                "correlation_id": d.correlation_id,
+                "container": d.stream.container,
+                "blob": d.stream.name,
+                "chunk_size": d.chunk_size,
+                "size": d.size,
+                "total_chunks": d.total_chunks,
+                "chunks": d.stats.chunks,
+                "bytes": d.stats.bytes,
+                "retries": d.stats.retries,
+                "end": None if d.outcome is None else str(d.outcome),
+                "started_at": d.stats.started_at,
+                "ended_at": d.stats.ended_at,
+            }
+            for d in self.deliveries
+        ]

@@ -6,6 +6,7 @@ in-process; the server wraps it. Delivery rules are SPEC section 2.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -17,12 +18,14 @@ from wasmtime import Engine
 from wasmtime.component import Variant
 
 from chunkd.config import ComponentConfig, Config
-from chunkd.errors import ChunkdError, GuestTrap, SourceError
+from chunkd.errors import ChunkdError, ComponentError, GuestTrap, SourceError
 from chunkd.host import values
 from chunkd.host.component import LoadedComponent, load_component
 from chunkd.host.engine import EpochClock, make_engine
 from chunkd.host.instance import GuestInstance, HostStream
-from chunkd.jobs import CANCELLED, COMPLETED, FAILED, RUNNING, Job, StreamRequest
+from chunkd.jobs import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Job, StreamRequest
+from chunkd.jobstore import JobStore
+from chunkd.metrics import Metrics
 from chunkd.scheduler import BufferBudget, Chunk, Delivery, End, Pacer, read_with_retry
 from chunkd.sources import Container, build_container
 from chunkd.sources.base import Blob
@@ -40,6 +43,21 @@ class QueueFull(ChunkdError):
     pass
 
 
+class NotAccepting(ChunkdError):
+    """The daemon is draining: no new jobs."""
+
+
+MAX_FINISHED_IN_MEMORY = 1000
+
+
+def _fingerprint(cfg: ComponentConfig) -> tuple[Any, ...]:
+    try:
+        st = cfg.path.stat()
+        return (cfg, st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        return (cfg, None)
+
+
 class InstancePool:
     """`instances` live instances of one component; jobs take the next free one (FIFO)."""
 
@@ -52,6 +70,9 @@ class InstancePool:
         self.waiting = 0
         self._next_index = 0
         self.replaced = 0
+        self.fingerprint = _fingerprint(cfg)
+        self.retired = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _new_instance(self) -> GuestInstance:
         lim = self.runtime.config.limits
@@ -75,7 +96,18 @@ class InstancePool:
             self.waiting -= 1
 
     def release(self, inst: GuestInstance) -> None:
+        if self.retired and self.waiting == 0:
+            t = asyncio.create_task(inst.close())
+            self._closing.add(t)
+            t.add_done_callback(self._closing.discard)
+            return
         self.idle.put_nowait(inst)
+
+    async def retire(self) -> None:
+        """Replaced by a reload: serve the jobs already waiting, then close."""
+        self.retired = True
+        if self.waiting == 0:
+            await self.close()
 
     async def replace(self, broken: GuestInstance) -> None:
         """Discard a trapped or timed-out instance and start a fresh one in its place."""
@@ -95,7 +127,7 @@ class InstancePool:
                 log.error("instance_start_failed", component=self.comp.name, error=str(e), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 continue
-            self.idle.put_nowait(inst)
+            self.release(inst)
             return
 
     async def close(self) -> None:
@@ -113,8 +145,13 @@ async def _close_quietly(blob: Blob) -> None:
 class Runtime:
     """Implements HostServices for instances and runs jobs."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: JobStore | None = None) -> None:
         self.config = config
+        self.store = store
+        self.metrics = Metrics()
+        self.accepting = True
+        self._task_of: dict[str, asyncio.Task[Any]] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in start()
         self.engine: Engine | None = None
         self.clock: EpochClock = None  # type: ignore[assignment]
@@ -128,12 +165,13 @@ class Runtime:
         self._active_streams = 0
         self._active_lock = threading.Lock()
         self._queued = 0
-        self.counters = {"traps": 0, "timeouts": 0, "chunks": 0, "bytes": 0}
+        self._running = 0
 
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.metrics.bind(self)
         values.install_fast_bytes()
         cache_dir = self.config.daemon.state_dir / "cache"
         self.engine = await self.loop.run_in_executor(None, make_engine, cache_dir)
@@ -141,16 +179,50 @@ class Runtime:
         self.clock.start()
         for name, ccfg in self.config.containers.items():
             self.containers[name] = build_container(ccfg, self.io_executor)
+        self.pools = await self._build_pools(self.config, {})
+
+    async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
+        """Pools for `config`, reusing those in `keep` whose config and file are unchanged."""
         engine = self.engine
+        assert engine is not None
+        todo = {n: c for n, c in config.components.items()
+                if n not in keep or keep[n].fingerprint != _fingerprint(c) or keep[n].retired}
         comps = await asyncio.gather(*(
-            self.loop.run_in_executor(None, load_component, engine, name, c.path)
-            for name, c in self.config.components.items()))
-        for comp in comps:
-            pool = InstancePool(self, comp, self.config.components[comp.name])
-            await pool.start()
-            self.pools[comp.name] = pool
-            log.info("component_ready", component=comp.name, world=comp.info.world,
-                     instances=pool.cfg.instances, path=str(comp.path))
+            self.loop.run_in_executor(None, load_component, engine, name, c.path) for name, c in todo.items()))
+        pools = {n: keep[n] for n in config.components if n not in todo}
+        started: list[InstancePool] = []
+        try:
+            for comp in comps:
+                pool = InstancePool(self, comp, config.components[comp.name])
+                await pool.start()
+                started.append(pool)
+                pools[comp.name] = pool
+                log.info("component_ready", component=comp.name, world=comp.info.world,
+                         instances=pool.cfg.instances, path=str(comp.path))
+        except BaseException:
+            for p in started:
+                await p.close()
+            raise
+        return pools
+
+    async def reload(self, config: Config) -> list[str]:
+        """SIGHUP: new config and changed components serve new jobs; running streams go on.
+
+        Raises ChunkdError (and changes nothing) when the new config cannot be served."""
+        pools = await self._build_pools(config, self.pools)
+        changed = [n for n in pools if self.pools.get(n) is not pools[n]]
+        old = self.pools
+        self.config = config
+        self.containers = {name: build_container(c, self.io_executor) for name, c in config.containers.items()}
+        self.budget.limit = max(config.limits.max_buffered_bytes, 1)
+        self.budget.release(0)  # wake waiters that now fit
+        self.pools = pools
+        for name, pool in old.items():
+            if pools.get(name) is not pool:
+                await pool.retire()
+        log.info("config_reloaded", file=config.file, components_changed=changed,
+                 components_removed=[n for n in old if n not in pools])
+        return changed
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -167,19 +239,71 @@ class Runtime:
 
     # --- jobs -------------------------------------------------------------------
 
-    def submit(self, component: str, args: list[str]) -> Job:
+    def _check_submit(self, component: str) -> None:
+        if not self.accepting:
+            raise NotAccepting("chunkd is shutting down and takes no new jobs")
         if component not in self.pools:
             raise UnknownComponent(f"no component named {component!r} (configured: {', '.join(sorted(self.pools)) or 'none'})")
         if self._queued >= self.config.limits.max_queued_jobs:
             raise QueueFull(f"job queue is full ({self.config.limits.max_queued_jobs} queued)")
+
+    def submit(self, component: str, args: list[str]) -> Job:
+        """Queue a job in memory only (chunkd run, tests)."""
+        self._check_submit(component)
         job = Job(component=component, args=list(args))
+        self._schedule(job)
+        return job
+
+    async def accept(self, component: str, args: list[str]) -> Job:
+        """Queue a job durably: it is in the job store before this returns."""
+        self._check_submit(component)
+        job = Job(component=component, args=list(args))
+        await self._persist(job)
+        self._check_submit(component)  # the world may have changed while we wrote
+        self._schedule(job)
+        return job
+
+    def _schedule(self, job: Job) -> None:
         self.jobs[job.id] = job
         self._queued += 1
         task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
         self._tasks.add(task)
+        self._task_of[job.id] = task
         task.add_done_callback(self._job_task_done)
-        log.info("job_submitted", job_id=job.id, component=component, args=args)
-        return job
+        log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, attempts=job.attempts)
+
+    async def resume(self) -> tuple[int, int]:
+        """Run again every job the store says was queued or running: (resumed, given up)."""
+        if self.store is None:
+            return 0, 0
+        resumed = gave_up = 0
+        for rec in await self.store.unfinished():
+            job = Job.from_record(rec)
+            if job.attempts >= self.config.daemon.max_attempts:
+                job.state = FAILED
+                job.error = f"gave up after {job.attempts} attempt(s): the daemon stopped during each"
+                job.ended_at = time.time()
+                self.metrics.jobs.labels(FAILED).inc()
+                await self._persist(job)
+                self._remember_finished(job)
+                gave_up += 1
+                log.warning("job_given_up", job_id=job.id, attempts=job.attempts)
+                continue
+            if job.component not in self.pools:
+                job.state = FAILED
+                job.error = f"component {job.component!r} is no longer configured"
+                job.ended_at = time.time()
+                await self._persist(job)
+                self._remember_finished(job)
+                gave_up += 1
+                continue
+            job.state = QUEUED
+            job.invoke_ok = job.invoke_result = job.error = None
+            job.output.clear()
+            job.past_streams = []
+            self._schedule(job)
+            resumed += 1
+        return resumed, gave_up
 
     def _job_task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -191,39 +315,106 @@ class Runtime:
         await job.done.wait()
         return job
 
-    def cancel(self, job_id: str) -> bool:
+    async def get_job(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None and self.store is not None:
+            rec = await self.store.get(job_id)
+            if rec is not None:
+                job = Job.from_record(rec)
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Operator cancel: a queued job never starts; a running one cancels its streams."""
         job = self.jobs.get(job_id)
         if job is None or job.finished:
-            return False
+            return job
         job.cancel_requested = True
         job.ready.set()
-        return True
+        if job.state == QUEUED:
+            task = self._task_of.get(job_id)
+            if task is not None:
+                task.cancel()
+        log.info("job_cancel_requested", job_id=job_id, state=job.state)
+        return job
+
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop intake, give running jobs `grace_s` to finish, then stop the rest.
+
+        Returns (finished in grace, interrupted). Interrupted jobs stay queued/running
+        in the job store and run again at the next start."""
+        self.accepting = False
+        pending = [t for t in self._tasks if not t.done()]
+        if not pending:
+            return 0, 0
+        done, rest = await asyncio.wait(pending, timeout=grace_s)
+        for t in rest:
+            t.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=max(self.config.limits.call_timeout_s * 2, 1.0))
+        return len(done), len(rest)
+
+    async def _persist(self, job: Job) -> None:
+        if self.store is not None:
+            await self.store.save(job.record())
+
+    def _remember_finished(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self._finished[job.id] = None
+        while len(self._finished) > MAX_FINISHED_IN_MEMORY:
+            old, _ = self._finished.popitem(last=False)
+            self.jobs.pop(old, None)
+
+    async def prune(self, retention_s: float) -> int:
+        cutoff = time.time() - retention_s
+        for jid in [j for j in self._finished if (self.jobs[j].ended_at or 0) < cutoff]:
+            self._finished.pop(jid, None)
+            self.jobs.pop(jid, None)
+        return await self.store.prune(cutoff) if self.store is not None else 0
 
     async def _run_job(self, job: Job) -> None:
-        pool = self.pools[job.component]
         with structlog.contextvars.bound_contextvars(job_id=job.id, component=job.component):
+            pool = self.pools[job.component]
             try:
                 inst = await pool.acquire()
-            except BaseException:
+            except asyncio.CancelledError:
                 self._queued -= 1
-                job.state = CANCELLED
+                self._task_of.pop(job.id, None)
+                if job.cancel_requested:  # operator cancel before it started
+                    job.state = CANCELLED
+                    job.error = "cancelled by operator before it started"
+                    job.ended_at = time.time()
+                    self.metrics.jobs.labels(CANCELLED).inc()
+                    await self._persist(job)
+                    self._remember_finished(job)
                 job.done.set()
                 raise
             self._queued -= 1
+            self._running += 1
             job.state = RUNNING
             job.started_at = time.time()
             job.instance = inst.label
+            job.attempts += 1
             inst.job = job
-            log.info("job_started", instance=inst.label)
+            interrupted = False
+            log.info("job_started", instance=inst.label, attempt=job.attempts)
             try:
+                await self._persist(job)  # attempts counted before any guest code runs
                 await self._drive(job, inst, pool)
             except GuestTrap as e:
                 await self._instance_lost(job, inst, e)
             except asyncio.CancelledError:
-                await self._end_all(job, inst, values.failed("daemon shutting down"), tell_guest=False)
-                job.state = CANCELLED
+                interrupted = not job.cancel_requested
+                if interrupted:
+                    await self._end_all(job, inst, values.failed("daemon shutting down"), tell_guest=False)
+                    job.error = "interrupted by shutdown; runs again at the next start"
+                else:
+                    await self._end_all(job, inst, values.CANCELLED, tell_guest=False)
+                    job.state = CANCELLED
+                    job.error = "cancelled by operator"
                 raise
             finally:
+                self._running -= 1
+                self._task_of.pop(job.id, None)
                 inst.job = None
                 job.ended_at = time.time()
                 if inst.broken:
@@ -232,8 +423,12 @@ class Runtime:
                     t.add_done_callback(self._job_task_done)
                 else:
                     pool.release(inst)
-                log.info("job_ended", state=job.state, error=job.error,
+                log.info("job_ended", state=job.state, error=job.error, attempt=job.attempts,
                          streams=len(job.deliveries), duration_s=round(job.ended_at - (job.started_at or job.ended_at), 3))
+                if not interrupted:
+                    self.metrics.jobs.labels(job.state).inc()
+                    await self._persist(job)
+                    self._remember_finished(job)
                 job.done.set()
 
     async def _drive(self, job: Job, inst: GuestInstance, pool: InstancePool) -> None:
@@ -301,12 +496,15 @@ class Runtime:
 
     async def _deliver_chunk(self, inst: GuestInstance, pool: InstancePool, d: Delivery, chunk: Chunk) -> None:
         await pool.pacer.take(len(chunk.data))
+        t0 = time.perf_counter()
         try:
             more = await inst.handle_chunk(d.stream, d.correlation_id, chunk.index, d.total_chunks, chunk.data)
         finally:
             d.consumed(chunk)
-        self.counters["chunks"] += 1
-        self.counters["bytes"] += len(chunk.data)
+        name = pool.comp.name
+        self.metrics.handle_seconds.labels(name).observe(time.perf_counter() - t0)
+        self.metrics.chunks.labels(name).inc()
+        self.metrics.bytes.labels(name).inc(len(chunk.data))
         if not more:
             await self._end(inst, d, values.CANCELLED, tell_guest=True)
         elif d.is_last(chunk):
@@ -322,6 +520,9 @@ class Runtime:
         inst.forget_stream(d.stream)
         with self._active_lock:
             self._active_streams -= 1
+        self.metrics.streams_ended.labels(end.kind).inc()
+        if d.stats.retries:
+            self.metrics.source_retries.inc(d.stats.retries)
         d.log.info("stream_ended", end=str(end), chunks=d.stats.chunks, bytes=d.stats.bytes, retries=d.stats.retries)
         if tell_guest:
             await inst.stream_ended(d.correlation_id, end)
@@ -337,7 +538,7 @@ class Runtime:
                 await self._end(inst, d, end, tell_guest=tell_guest)
 
     async def _instance_lost(self, job: Job, inst: GuestInstance, e: GuestTrap) -> None:
-        self.counters["timeouts" if e.timeout else "traps"] += 1
+        (self.metrics.timeouts if e.timeout else self.metrics.traps).labels(inst.comp.name).inc()
         log.error("guest_trapped", instance=inst.label, error=str(e), timeout=e.timeout)
         job.state = FAILED
         job.error = str(e)
@@ -385,6 +586,8 @@ class Runtime:
 
     def guest_output(self, inst: GuestInstance, fd: str, line: str) -> None:
         job: Job | None = inst.job
+        if job is not None and fd == "stdout":
+            job.output.append(line)
         log.info("guest_output", component=inst.comp.name, instance=inst.label, fd=fd, line=line,
                  job_id=job.id if job else None)
         for listener in self.output_listeners:
@@ -396,3 +599,32 @@ class Runtime:
     @property
     def active_streams(self) -> int:
         return self._active_streams
+
+    def pending_streams(self) -> int:
+        n = 0
+        for job in self.jobs.values():
+            if job.state == RUNNING:
+                n += len(job.requests) + sum(1 for d in job.deliveries if d.outcome is None and d.stats.chunks == 0)
+        return n
+
+    @property
+    def queued_jobs(self) -> int:
+        return self._queued
+
+    @property
+    def running_jobs(self) -> int:
+        return self._running
+
+    def live_streams(self) -> list[dict[str, Any]]:
+        out = []
+        for job in self.jobs.values():
+            if job.state != RUNNING:
+                continue
+            for d in job.deliveries:
+                if d.outcome is None:
+                    out.append({"job_id": job.id, "component": job.component, "instance": job.instance,
+                                "correlation_id": d.correlation_id, "container": d.stream.container,
+                                "blob": d.stream.name, "chunk_size": d.chunk_size, "size": d.size,
+                                "total_chunks": d.total_chunks, "chunks": d.stats.chunks, "bytes": d.stats.bytes,
+                                "buffered_chunks": len(d.queue), "started_at": d.stats.started_at})
+        return out

@@ -10,7 +10,7 @@ _SIZE_UNITS = {
     "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3,
     "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
 }
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUM_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµ]*)\s*$", re.IGNORECASE)
 
 
@@ -53,7 +53,7 @@ def parse_duration(value: object) -> float:
     if unit == "":
         unit = "s"
     if unit not in _DURATION_UNITS:
-        raise ValueError(f"unknown duration unit {m.group(2)!r} in {value!r} (use ms, s, m, h)")
+        raise ValueError(f"unknown duration unit {m.group(2)!r} in {value!r} (use ms, s, m, h, d)")
     return float(number) * _DURATION_UNITS[unit]
 
 

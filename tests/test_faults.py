@@ -19,7 +19,7 @@ async def test_trap_fails_job_and_instance_is_replaced(harness, blobs: Path) -> 
         assert job.deliveries[0].outcome is not None and job.deliveries[0].outcome.kind == "failed"
         assert [c[0] for c in chunk_lines(h.out(job), 1)] == [0, 1, 2, 3]
         assert ended(h.out(job), 1) == []  # the dead instance is not called again
-        assert h.runtime.counters["traps"] == 1
+        assert h.runtime.metrics.value("chunkd_traps_total", component="probe") == 1
         # the next job gets a fresh instance and works
         job2 = await h.run("probe", ["open s local a.bin", "start s 50000 1"])
         assert job2.state == COMPLETED
@@ -35,7 +35,7 @@ async def test_timeout_in_handle_chunk_while_other_job_flows(harness, blobs: Pat
         flowing = h.runtime.submit("probe", ["open s local b.bin", "start s 16384 2"])
         await asyncio.wait_for(asyncio.gather(looping.done.wait(), flowing.done.wait()), 60)
     assert looping.state == FAILED and "call_timeout" in (looping.error or "")
-    assert h.runtime.counters["timeouts"] == 1
+    assert h.runtime.metrics.value("chunkd_timeouts_total", component="probe") == 1
     assert flowing.state == COMPLETED
     assert len(chunk_lines(h.out(flowing), 2)) == 128
     assert flowing.instance != looping.instance

@@ -1,0 +1,47 @@
+"""Prometheus metrics (GET /metrics), one registry per runtime."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from chunkd.runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.bytes = Counter("chunkd_bytes_delivered", "Bytes delivered to handle-chunk", ["component"], registry=r)
+        self.chunks = Counter("chunkd_chunks_delivered", "handle-chunk calls made", ["component"], registry=r)
+        self.handle_seconds = Histogram(
+            "chunkd_handle_chunk_seconds", "Latency of one handle-chunk call (thread hop included)", ["component"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.traps = Counter("chunkd_traps", "Guest calls that trapped", ["component"], registry=r)
+        self.timeouts = Counter("chunkd_timeouts", "Guest calls stopped by call_timeout", ["component"], registry=r)
+        self.jobs = Counter("chunkd_jobs", "Jobs ended, by outcome", ["outcome"], registry=r)
+        self.streams_ended = Counter("chunkd_streams_ended", "Chunked reads ended, by how", ["end"], registry=r)
+        self.source_retries = Counter("chunkd_source_retries", "Source reads retried", registry=r)
+        self._gauges: list[Gauge] = []
+
+    def bind(self, runtime: "Runtime") -> None:
+        """Gauges read the runtime's own state when scraped."""
+        def gauge(name: str, doc: str, fn: Callable[[], float]) -> None:
+            g = Gauge(name, doc, registry=self.registry)
+            g.set_function(fn)
+            self._gauges.append(g)
+        gauge("chunkd_streams_active", "Chunked reads started and not ended", lambda: runtime.active_streams)
+        gauge("chunkd_streams_pending", "Chunked reads not yet given their first chunk", runtime.pending_streams)
+        gauge("chunkd_buffered_bytes", "Read-ahead bytes held now (all streams)", lambda: runtime.budget.in_use)
+        gauge("chunkd_buffered_bytes_limit", "max_buffered_bytes", lambda: runtime.budget.limit)
+        gauge("chunkd_jobs_queued", "Jobs waiting for an instance", lambda: runtime.queued_jobs)
+        gauge("chunkd_jobs_running", "Jobs on an instance now", lambda: runtime.running_jobs)
+
+    def value(self, name: str, **labels: str) -> float:
+        v = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if v is None else v
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
