@@ -36,16 +36,49 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and every component's world")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+
+    serve = sub.add_parser("serve", help="run the daemon: HTTP JSON API, durable jobs")
+    serve.add_argument("-c", "--config", required=True, help="TOML config file")
+
+    def client_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", help="read daemon.listen and daemon.auth_token from this config")
+        sp.add_argument("--url", help="daemon address: http://HOST:PORT or unix:/path (default $CHUNKD_URL "
+                                      "or http://127.0.0.1:7878)")
+        sp.add_argument("--token", help="bearer token (default $CHUNKD_AUTH_TOKEN)")
+
+    submit = sub.add_parser("submit", help="submit a job to a running daemon")
+    client_opts(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar per stream")
+    submit.add_argument("component")
+    submit.add_argument("args", nargs=argparse.REMAINDER)
+
+    status = sub.add_parser("status", help="one job, or the recent jobs")
+    client_opts(status)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("job", nargs="?")
+
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    client_opts(cancel)
+    cancel.add_argument("job")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("submit", "status", "cancel"):
+        return _client(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:
         print(f"chunkd: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "serve":
+        configure_logging(config.daemon.log_format, config.daemon.log_level, stream=sys.stdout)
+        from chunkd.daemon import Daemon
+
+        async def serve() -> int:
+            return await Daemon(config).serve()
+        return _run_async(serve())
     if args.command == "run":
         configure_logging(args.log_format or config.daemon.log_format, config.daemon.log_level, stream=sys.stderr)
         return _run_async(cmd_run(config, args.component, list(args.args), as_json=args.json))
@@ -53,6 +86,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("console", "warning", stream=sys.stderr)
         return cmd_check(config)
     return EXIT_USAGE
+
+
+def _client(args: argparse.Namespace) -> int:
+    from chunkd import client
+
+    listen = token = None
+    if args.config:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            print(f"chunkd: config error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        listen, token = cfg.daemon.listen, cfg.daemon.auth_token
+    ep = client.endpoint_from(args.url, args.token, listen, token)
+    if args.command == "submit":
+        argv = list(args.args)
+        if argv[:1] == ["--"]:
+            argv = argv[1:]
+        return _run_async(client.submit(ep, args.component, argv, wait=args.wait))
+    if args.command == "status":
+        return _run_async(client.status(ep, args.job, as_json=args.json))
+    return _run_async(client.cancel(ep, args.job))
 
 
 def _run_async(coro: Any) -> int:

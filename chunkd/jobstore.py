@@ -11,7 +11,7 @@ import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, List, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]: ...
+    async def recent(self, limit: int = 100, state: str | None = None) -> List[dict[str, Any]]: ...
 
     async def unfinished(self) -> list[dict[str, Any]]: ...
 
@@ -89,7 +89,7 @@ class SqliteJobStore:
             db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,))))
         return rows[0] if rows else None
 
-    async def list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+    async def recent(self, limit: int = 100, state: str | None = None) -> List[dict[str, Any]]:
         cols = ", ".join(_COLUMNS)
         if state is None:
             return await self._do(lambda db: self._rows(

@@ -18,7 +18,7 @@ from wasmtime import Engine
 from wasmtime.component import Variant
 
 from chunkd.config import ComponentConfig, Config
-from chunkd.errors import ChunkdError, ComponentError, GuestTrap, SourceError
+from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
 from chunkd.host.component import LoadedComponent, load_component
 from chunkd.host.engine import EpochClock, make_engine

@@ -1,0 +1,157 @@
+"""The HTTP JSON control API (aiohttp) on daemon.listen.
+
+POST /v1/jobs {component, args} -> 202 {job_id}; GET /v1/jobs[?state=&limit=];
+GET/DELETE /v1/jobs/{id}; GET /v1/streams; GET /healthz; GET /metrics.
+Every error is a JSON object {"error": message} with a 4xx/5xx status.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from chunkd.jobs import FINAL_STATES
+from chunkd.metrics import CONTENT_TYPE
+from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
+
+log = structlog.get_logger("chunkd.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RUNTIME = web.AppKey("runtime", Runtime)
+TOKEN = web.AppKey("token", str)
+MAX_ARGS = 1000
+MAX_ARG_LEN = 64 * 1024
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.content_type == "application/json":
+            raise
+        return _error(e.status, e.reason if e.status != 413 else "request body too large")
+    except Exception as e:  # a bug: answer 500 and keep serving
+        log.exception("api_error", path=request.path)
+        return _error(500, f"internal error: {type(e).__name__}")
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[TOKEN]
+    if token and request.path != "/healthz":
+        got = request.headers.get("Authorization", "")
+        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
+            return _error(401, "missing or wrong bearer token")
+    return await handler(request)
+
+
+async def post_job(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if request.content_type != "application/json":
+        return _error(415, "send a JSON body with Content-Type: application/json")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return _error(400, f"body is not valid JSON: {e}")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object {\"component\": ..., \"args\": [...]}")
+    unknown = sorted(set(body) - {"component", "args"})
+    if unknown:
+        return _error(400, f"unknown field {unknown[0]!r}")
+    component = body.get("component")
+    args = body.get("args", [])
+    if not isinstance(component, str) or not component:
+        return _error(400, "'component' must be a non-empty string")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return _error(400, "'args' must be a list of strings")
+    if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_LEN for a in args):
+        return _error(400, f"too many or too long args (at most {MAX_ARGS}, each {MAX_ARG_LEN} chars)")
+    try:
+        job = await rt.accept(component, args)
+    except UnknownComponent as e:
+        return _error(404, str(e))
+    except QueueFull as e:
+        return _error(429, str(e))
+    except NotAccepting as e:
+        return _error(503, str(e))
+    return web.json_response({"job_id": job.id, "state": job.state}, status=202,
+                             headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[RUNTIME].get_job(request.match_info["job_id"])
+    if job is None:
+        return _error(404, f"no job {request.match_info['job_id']!r}")
+    return web.json_response(job.summary())
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    state = request.query.get("state")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    if not 1 <= limit <= 10000:
+        return _error(400, "limit must be between 1 and 10000")
+    live = {j.id: j.summary() for j in rt.jobs.values() if state is None or j.state == state}
+    if rt.store is not None:
+        for rec in await rt.store.recent(limit, state):
+            live.setdefault(rec["id"], {"job_id": rec["id"], "component": rec["component"], "args": rec["args"],
+                                        "state": rec["state"], "attempts": rec["attempts"], "error": rec["error"],
+                                        "created_at": rec["created_at"], "ended_at": rec["ended_at"]})
+    jobs = sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
+    return web.json_response({"jobs": jobs})
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    job_id = request.match_info["job_id"]
+    job = rt.cancel(job_id)
+    if job is None:
+        stored = await rt.get_job(job_id)
+        if stored is None:
+            return _error(404, f"no job {job_id!r}")
+        job = stored
+    if job.state in FINAL_STATES and not job.cancel_requested:
+        return _error(409, f"job {job_id} already ended: {job.state}", state=job.state)
+    return web.json_response({"job_id": job.id, "state": job.state, "cancel_requested": True}, status=202)
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    return web.json_response({"streams": request.app[RUNTIME].live_streams()})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if not rt.accepting:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ok", "components": sorted(rt.pools),
+                              "jobs_running": rt.running_jobs, "jobs_queued": rt.queued_jobs})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def make_app(runtime: Runtime, *, token: str = "", max_request_bytes: int = 64 * 1024) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=max_request_bytes)
+    app[RUNTIME] = runtime
+    app[TOKEN] = token
+    app.router.add_post("/v1/jobs", post_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_delete("/v1/jobs/{job_id}", delete_job)
+    app.router.add_get("/v1/streams", list_streams)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,151 @@
+"""`chunkd serve`: startup -> main loop -> shutdown.
+
+Signal handlers only set flags: SIGTERM/SIGINT -> should_exit, SIGHUP ->
+reload. Shutdown stops intake, gives running jobs `daemon.shutdown_grace`,
+then interrupts the rest (they stay in the job store and run again at the
+next start) and exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any, Coroutine
+
+import structlog
+from aiohttp import web
+
+from chunkd.api import make_app
+from chunkd.config import Config, load_config
+from chunkd.errors import ChunkdError
+from chunkd.jobstore import SqliteJobStore
+from chunkd.notify import Notifier
+from chunkd.runtime import Runtime
+
+log = structlog.get_logger("chunkd.daemon")
+
+PRUNE_EVERY_S = 3600.0
+
+
+class Daemon:
+    def __init__(self, config: Config, *, shutdown_trigger: asyncio.Event | None = None) -> None:
+        self.config = config
+        self.should_exit = shutdown_trigger or asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.notifier = Notifier()
+        self.store = SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
+        self.runtime = Runtime(config, store=self.store)
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def serve(self) -> int:
+        try:
+            await self.startup()
+        except (ChunkdError, OSError) as e:
+            log.error("startup_failed", error=str(e))
+            await self._close()
+            return 1
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        d = self.config.daemon
+        d.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self.runtime.start()
+        resumed, gave_up = await self.runtime.resume()
+        token = os.environ.get("CHUNKD_AUTH_TOKEN") or d.auth_token
+        is_unix = d.listen.startswith("unix:")
+        app = make_app(self.runtime, token="" if is_unix else token, max_request_bytes=d.max_request_bytes)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site: web.BaseSite
+        if is_unix:
+            path = Path(d.listen[len("unix:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_socket():
+                path.unlink()
+            site = web.UnixSite(self._runner, str(path))
+        else:
+            host, _, port = d.listen.rpartition(":")
+            site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        await site.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        self._spawn(self.notifier.watchdog() if d.watchdog else _noop(), "watchdog")
+        self._spawn(self._prune_loop(), "prune")
+        self.notifier.send(f"READY=1\nSTATUS=serving on {d.listen}\nMAINPID={os.getpid()}")
+        log.info("serving", listen=d.listen, state_dir=str(d.state_dir), components=sorted(self.runtime.pools),
+                 resumed_jobs=resumed, given_up_jobs=gave_up, auth=bool(token) and not is_unix, pid=os.getpid())
+
+    async def main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            exit_wait = asyncio.ensure_future(self.should_exit.wait())
+            reload_wait = asyncio.ensure_future(self.reload_requested.wait())
+            await asyncio.wait({exit_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED)
+            for f in (exit_wait, reload_wait):
+                f.cancel()
+            if self.reload_requested.is_set() and not self.should_exit.is_set():
+                self.reload_requested.clear()
+                await self.reload()
+
+    async def reload(self) -> None:
+        self.notifier.send("RELOADING=1")
+        try:
+            config = load_config(self.config.file)
+            await self.runtime.reload(config)
+            self.config = config
+        except ChunkdError as e:
+            log.error("reload_failed", error=str(e), keeping="previous config")
+        finally:
+            self.notifier.send("READY=1")
+
+    async def shutdown(self) -> None:
+        grace = self.config.daemon.shutdown_grace_s
+        self.notifier.send("STOPPING=1")
+        log.info("shutting_down", grace_s=grace, jobs_running=self.runtime.running_jobs,
+                 jobs_queued=self.runtime.queued_jobs)
+        finished, interrupted = await self.runtime.drain(grace)
+        log.info("drained", finished_in_grace=finished, interrupted=interrupted)
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.runtime.close()
+        await self.store.close()
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background_task_failed", task=name, error=repr(t.exception()))
+        task.add_done_callback(done)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            n = await self.runtime.prune(self.config.daemon.job_retention_s)
+            if n:
+                log.info("jobs_pruned", count=n)
+            await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _noop() -> None:
+    return None
