@@ -13,7 +13,6 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from chunkd.jobs import FINAL_STATES
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
 
@@ -115,14 +114,12 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     job_id = request.match_info["job_id"]
-    job = rt.cancel(job_id)
+    job = await rt.get_job(job_id)
     if job is None:
-        stored = await rt.get_job(job_id)
-        if stored is None:
-            return _error(404, f"no job {job_id!r}")
-        job = stored
-    if job.state in FINAL_STATES and not job.cancel_requested:
+        return _error(404, f"no job {job_id!r}")
+    if job.finished:
         return _error(409, f"job {job_id} already ended: {job.state}", state=job.state)
+    rt.cancel(job_id)
     return web.json_response({"job_id": job.id, "state": job.state, "cancel_requested": True}, status=202)
 
 

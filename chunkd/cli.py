@@ -163,7 +163,7 @@ def cmd_check(config: Config) -> int:
             problems += 1
         elif c.kind != "file":
             print(f"container {name}: kind {c.kind!r} is accepted but not supported by this build yet")
-    engine = make_engine(config.daemon.state_dir / "cache")
+    engine = make_engine(config.daemon.cache_dir or config.daemon.state_dir / "cache")
     for name, comp in config.components.items():
         try:
             loaded = load_component(engine, name, comp.path)

@@ -24,6 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class DaemonConfig:
     listen: str = "127.0.0.1:7878"
     state_dir: Path = Path("state")
+    cache_dir: Path | None = None  # compiled-component cache; None = state_dir/cache
     log_format: str = "json"
     log_level: str = "info"
     auth_token: str = ""  # bearer token for the API on TCP; CHUNKD_AUTH_TOKEN overrides
@@ -214,6 +215,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
     daemon = DaemonConfig(
         listen=d.get("listen", DaemonConfig.listen, _listen),
         state_dir=d.get("state_dir", base / "state", _path(base)),
+        cache_dir=d.get("cache_dir", None, _path(base)),
         log_format=d.get("log_format", DaemonConfig.log_format, _choice(LOG_FORMATS)),
         log_level=d.get("log_level", DaemonConfig.log_level, _choice(LOG_LEVELS)),
         auth_token=d.get("auth_token", "", _str),

@@ -173,7 +173,7 @@ class Runtime:
         self.loop = asyncio.get_running_loop()
         self.metrics.bind(self)
         values.install_fast_bytes()
-        cache_dir = self.config.daemon.state_dir / "cache"
+        cache_dir = self.config.daemon.cache_dir or self.config.daemon.state_dir / "cache"
         self.engine = await self.loop.run_in_executor(None, make_engine, cache_dir)
         self.clock = EpochClock(self.engine)
         self.clock.start()
