@@ -161,8 +161,12 @@ def cmd_check(config: Config) -> int:
         if c.kind == "file" and c.root is not None and not Path(c.root).is_dir():
             print(f"container {name}: root {c.root} is not a directory")
             problems += 1
-        elif c.kind != "file":
-            print(f"container {name}: kind {c.kind!r} is accepted but not supported by this build yet")
+        elif c.kind == "s3" and not c.options.get("bucket"):
+            print(f"container {name}: s3 container has no bucket: every open will fail")
+            problems += 1
+        elif c.kind == "http" and not c.options.get("base_url"):
+            print(f"container {name}: http container has no base_url: every open will fail")
+            problems += 1
     engine = make_engine(config.daemon.cache_dir or config.daemon.state_dir / "cache")
     for name, comp in config.components.items():
         try:

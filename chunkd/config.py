@@ -185,6 +185,13 @@ def _listen(v: Any) -> str:
     return s
 
 
+def _url(v: Any) -> str:
+    s = _str(v)
+    if not (s.startswith("http://") or s.startswith("https://")) or len(s.split("://", 1)[1]) == 0:
+        raise ValueError(f"expected an http:// or https:// URL, got {s!r}")
+    return s
+
+
 def _string_map(v: Any) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
         raise TypeError("expected a table of string values")
@@ -253,13 +260,24 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
             root = t.require("root", _path(base))
             containers[name] = ContainerConfig(name=name, kind=kind, root=root)
         elif kind == "s3":
-            opts = {k: t.get(k, None, _str) for k in ("endpoint_url", "bucket", "prefix", "region")}
-            containers[name] = ContainerConfig(name=name, kind=kind, options={k: v for k, v in opts.items() if v is not None})
+            opts: dict[str, Any] = {
+                "bucket": t.get("bucket", None, _str),
+                "prefix": t.get("prefix", "", _str),
+                "region": t.get("region", "us-east-1", _str),
+                "endpoint_url": t.get("endpoint_url", None, _url),
+                "range_size": t.get("range_size", 8 * 1024 * 1024, _size(1)),
+                "timeout_s": t.get("timeout", 30.0, _duration(True)),
+            }
+            containers[name] = ContainerConfig(name=name, kind=kind, options=opts)
         else:
-            opts2: dict[str, Any] = {"base_url": t.get("base_url", None, _str),
-                                     "headers": t.get("headers", dict[str, str](), _string_map),
-                                     "timeout_s": t.get("timeout", 30.0, _duration(True))}
-            containers[name] = ContainerConfig(name=name, kind=kind, options=opts2)
+            opts = {
+                "base_url": t.get("base_url", None, _url),
+                "headers": t.get("headers", dict[str, str](), _string_map),
+                "timeout_s": t.get("timeout", 30.0, _duration(True)),
+                "range_size": t.get("range_size", 8 * 1024 * 1024, _size(1)),
+                "max_connections": t.get("max_connections", 16, _int(1)),
+            }
+            containers[name] = ContainerConfig(name=name, kind=kind, options=opts)
         t.finish()
 
     components: dict[str, ComponentConfig] = {}

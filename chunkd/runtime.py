@@ -156,6 +156,7 @@ class Runtime:
         self.engine: Engine | None = None
         self.clock: EpochClock = None  # type: ignore[assignment]
         self.containers: dict[str, Container] = {}
+        self._retired_containers: list[Container] = []
         self.pools: dict[str, InstancePool] = {}
         self.jobs: dict[str, Job] = {}
         self.budget = BufferBudget(config.limits.max_buffered_bytes)
@@ -178,7 +179,7 @@ class Runtime:
         self.clock = EpochClock(self.engine)
         self.clock.start()
         for name, ccfg in self.config.containers.items():
-            self.containers[name] = build_container(ccfg, self.io_executor)
+            self.containers[name] = build_container(ccfg, self.io_executor, file=self.config.file)
         self.pools = await self._build_pools(self.config, {})
 
     async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
@@ -209,11 +210,17 @@ class Runtime:
         """SIGHUP: new config and changed components serve new jobs; running streams go on.
 
         Raises ChunkdError (and changes nothing) when the new config cannot be served."""
+        containers: dict[str, Container] = {}
+        for name, c in config.containers.items():
+            same = self.config.containers.get(name) == c and name in self.containers
+            containers[name] = self.containers[name] if same else build_container(c, self.io_executor, file=config.file)
         pools = await self._build_pools(config, self.pools)
         changed = [n for n in pools if self.pools.get(n) is not pools[n]]
         old = self.pools
+        # streams in flight may still read through a replaced container: close those at exit
+        self._retired_containers.extend(c for n, c in self.containers.items() if containers.get(n) is not c)
         self.config = config
-        self.containers = {name: build_container(c, self.io_executor) for name, c in config.containers.items()}
+        self.containers = containers
         self.budget.limit = max(config.limits.max_buffered_bytes, 1)
         self.budget.release(0)  # wake waiters that now fit
         self.pools = pools
@@ -231,7 +238,7 @@ class Runtime:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for pool in self.pools.values():
             await pool.close()
-        for c in self.containers.values():
+        for c in [*self.containers.values(), *self._retired_containers]:
             await c.close()
         if self.clock is not None:
             self.clock.stop()

@@ -119,7 +119,8 @@ async def read_with_retry(blob: "Blob", offset: int, length: int, retries: int, 
 class Chunk:
     index: int
     data: bytes
-    reserved: int
+    reserved: int  # budget bytes this chunk gives back when delivered
+    unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
 
 
 @dataclass
@@ -157,7 +158,12 @@ class Delivery:
         remaining = None if size is None else max(0, size - start)
         self.total_chunks = 0 if remaining is None else max(1, -(-remaining // chunk_size))
         self.queue: collections.deque[Chunk | End] = collections.deque()
-        self._slots = asyncio.Semaphore(prefetch)
+        # Remote blobs prefer larger reads (`read_unit`, e.g. 8 MiB ranges): read whole
+        # chunks in such units and slice them. Read-ahead is then max(prefetch_chunks
+        # chunks, one unit), always inside the shared budget.
+        preferred = int(getattr(stream.blob, "read_unit", 0) or 0)
+        self.unit = max(chunk_size, (preferred // chunk_size) * chunk_size)
+        self._slots = asyncio.Semaphore(max(1, -(-prefetch * chunk_size // self.unit)))
         self._ready = ready
         self.stats = StreamStats()
         self.outcome: values.StreamEnd | None = None
@@ -192,10 +198,12 @@ class Delivery:
         return await read_with_retry(self.stream.blob, offset, length, self.retries, self.backoff_s, on_retry)
 
     async def _produce(self) -> None:
+        """Read one unit (a chunk, or a coalesced range of whole chunks) at a time, slice it."""
         offset = self.start
         index = 0
+        unit = self.unit
         while True:
-            want = self.chunk_size if self.size is None else min(self.chunk_size, self.size - offset)
+            want = unit if self.size is None else min(unit, self.size - offset)
             await self._slots.acquire()
             reserved = max(want, 0)
             try:
@@ -214,7 +222,13 @@ class Delivery:
                     self._push(End(values.COMPLETED))
                     return
                 handed = True
-                self._push(Chunk(index, data, reserved))
+                pieces = [data[p:p + self.chunk_size] for p in range(0, len(data), self.chunk_size)] or [b""]
+                given = 0
+                for n, piece in enumerate(pieces):
+                    last = n == len(pieces) - 1
+                    share = reserved - given if last else len(piece)
+                    given += share
+                    self._push(Chunk(index + n, piece, share, unit_end=last))
             except SourceError as e:
                 self._push(End(values.failed(str(e))))
                 return
@@ -223,15 +237,18 @@ class Delivery:
                     self.budget.release(reserved)
                     self._slots.release()
             offset += len(data)
-            index += 1
+            index += len(pieces)
             if self.size is not None and index >= self.total_chunks:
                 return
-            if self.size is None and not data:  # an empty unknown-size blob: one empty chunk
+            if self.size is None and len(data) < want:  # short read: the unknown-size blob ended
+                if data:
+                    self._push(End(values.COMPLETED))
                 return
 
     def consumed(self, chunk: Chunk) -> None:
         self.budget.release(chunk.reserved)
-        self._slots.release()
+        if chunk.unit_end:
+            self._slots.release()
         self.stats.chunks += 1
         self.stats.bytes += len(chunk.data)
 
@@ -252,7 +269,8 @@ class Delivery:
             item = self.queue.popleft()
             if isinstance(item, Chunk):
                 self.budget.release(item.reserved)
-                self._slots.release()
+                if item.unit_end:
+                    self._slots.release()
         try:
             await self.stream.blob.close()
         except Exception as e:  # closing is best effort; the stream is over either way

@@ -28,9 +28,11 @@ root = "blobs"
 
 [containers.bucket]
 kind = "s3"
+bucket = "blobs"
 
 [containers.origin]
 kind = "http"
+base_url = "http://127.0.0.1:8080/files"
 
 [components.sha256]
 path = "components/sha256.wasm"
@@ -84,6 +86,9 @@ def test_defaults_for_an_empty_file(tmp_path: Path) -> None:
     ("[containers.x]\nkind = 'file'\n", "containers.x.root", "required"),
     ("[containers.x]\nkind = 'file'\nroot = 3\n", "containers.x.root", "string"),
     ("[containers.x]\nkind = 'file'\nroot = '/'\nextra = 1\n", "containers.x.extra", "unknown key"),
+    ("[containers.x]\nkind = 'http'\nbase_url = 'ftp://x'\n", "containers.x.base_url", "http"),
+    ("[containers.x]\nkind = 'http'\nbase_url = 'http://x'\nheaders = {a = 1}\n", "containers.x.headers", "string"),
+    ("[containers.x]\nkind = 's3'\nbucket = 'b'\nrange_size = 'big'\n", "containers.x.range_size", "size"),
     ("[components.c]\ninstances = 2\n", "components.c.path", "required"),
     ("[components.c]\npath = 'a.wasm'\ninstances = 0\n", "components.c.instances", "at least 1"),
     ("[components.c]\npath = 'a.wasm'\ninstances = true\n", "components.c.instances", "integer"),
