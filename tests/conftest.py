@@ -66,12 +66,13 @@ class Harness:
 
 
 def config_for(state_dir: Path, blobs: Path, guests: dict[str, Path], *, limits: dict[str, Any] | None = None,
-               components: dict[str, dict[str, Any]] | None = None) -> Config:
+               components: dict[str, dict[str, Any]] | None = None,
+               containers: dict[str, dict[str, Any]] | None = None) -> Config:
     comps = components or {"probe": {}}
     data = {
         "daemon": {"state_dir": str(state_dir), "log_format": "console"},
         "limits": {"call_timeout": "3s", "max_chunk_size": "1MiB", **(limits or {})},
-        "containers": {"local": {"kind": "file", "root": str(blobs)}},
+        "containers": {"local": {"kind": "file", "root": str(blobs)}, **(containers or {})},
         "components": {
             name: {"path": str(guests[opts.pop("guest", name)]), **opts} for name, opts in
             ((n, dict(o)) for n, o in comps.items())

@@ -106,7 +106,7 @@ class S3Container:
             async with self._lock:
                 if self._client is None:
                     session = aiobotocore.session.get_session()
-                    cfg = AioConfig(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=self.timeout_s,
+                    cfg = AioConfig(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=self.timeout_s,
                                     read_timeout=self.timeout_s, max_pool_connections=32)
                     self._client = await self._stack.enter_async_context(session.create_client(
                         "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=cfg))

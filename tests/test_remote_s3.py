@@ -1,0 +1,104 @@
+"""kind = "s3" against moto's standalone S3 server on 127.0.0.1 (a real bucket), with
+faults injected by a real proxy in front of it."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from chunkd.jobs import COMPLETED
+from tests.remote_support import FaultProxy
+from tests.test_delivery import chunk_lines, ended
+
+MiB = 1024 * 1024
+BUCKET = "chunkd-blobs"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    from moto.server import ThreadedMotoServer
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    url = f"http://{host}:{port}"
+    import boto3
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield url
+    srv.stop()
+
+
+@pytest.fixture
+def s3(moto_url: str) -> Any:
+    import boto3
+    return boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+
+
+@pytest.fixture
+async def proxy(moto_url: str) -> AsyncIterator[FaultProxy]:
+    p = FaultProxy(moto_url)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def bucket(url: str, **extra: Any) -> dict[str, dict[str, Any]]:
+    return {"bkt": {"kind": "s3", "bucket": BUCKET, "prefix": "data/", "endpoint_url": url, "region": "us-east-1",
+                    "range_size": "1MiB", "timeout": "5s", **extra}}
+
+
+async def test_digest_from_s3_with_prefix(harness, s3: Any, moto_url: str) -> None:
+    data = os.urandom(5 * MiB + 7)
+    s3.put_object(Bucket=BUCKET, Key="data/x/a.bin", Body=data)
+    async with harness(containers=bucket(moto_url)) as h:
+        job = await h.run("probe", ["open s bkt x/a.bin", "size s", "start s 262144 1"])
+    assert job.state == COMPLETED, job.error
+    assert f"size s {len(data)}" in h.out(job)
+    assert [c[0] for c in chunk_lines(h.out(job), 1)] == list(range(21))
+    assert ended(h.out(job), 1) == [f"ended 1 completed {hashlib.sha256(data).hexdigest()}"]
+
+
+async def test_throttling_5xx_and_drops_are_retried(harness, s3: Any, proxy: FaultProxy) -> None:
+    data = os.urandom(4 * MiB)
+    s3.put_object(Bucket=BUCKET, Key="data/f.bin", Body=data)
+    proxy.faults.extend(["slowdown", "drop", "503", "slowdown", "drop"])
+    async with harness(containers=bucket(f"http://127.0.0.1:{proxy.port}"),
+                       limits={"source_retries": 6, "source_retry_backoff": "5ms"}) as h:
+        job = await h.run("probe", ["open s bkt f.bin", "start s 100000 1"])
+    assert job.state == COMPLETED, job.error
+    assert [c[0] for c in chunk_lines(h.out(job), 1)] == list(range(42))
+    assert ended(h.out(job), 1) == [f"ended 1 completed {hashlib.sha256(data).hexdigest()}"]
+    assert len(proxy.injected) == 5 and job.deliveries[0].stats.retries == 5
+
+
+async def test_object_replaced_mid_stream_fails(harness, s3: Any, moto_url: str) -> None:
+    s3.put_object(Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
+    async with harness(containers=bucket(moto_url), components={"probe": {"max_bytes_per_second": 4 * MiB}}) as h:
+        job = h.runtime.submit("probe", ["open s bkt r.bin", "start s 65536 1"])
+        while not job.deliveries or job.deliveries[0].stats.chunks < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(s3.put_object, Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
+        await asyncio.wait_for(job.done.wait(), 60)
+    e = ended(h.out(job), 1)
+    assert len(e) == 1 and e[0].startswith("ended 1 failed") and "changed" in e[0]
+    n = len(chunk_lines(h.out(job), 1))
+    assert 0 < n < 96 and n % 16 == 0  # whole 1 MiB ranges of the first version only
+
+
+async def test_names_stay_under_the_prefix(harness, s3: Any, moto_url: str) -> None:
+    s3.put_object(Bucket=BUCKET, Key="secret.bin", Body=b"outside the prefix")
+    s3.put_object(Bucket=BUCKET, Key="data/in.bin", Body=b"inside")
+    async with harness(containers={**bucket(moto_url), "nob": {"kind": "s3"}}) as h:
+        job = await h.run("probe", ["open a bkt ../secret.bin", "open b bkt /secret.bin", "open c bkt in.bin",
+                                    "open d bkt nothing.bin", "open e nob x"])
+    lines = h.out(job)
+    assert any(line.startswith("open a err Failed") for line in lines)
+    assert any(line.startswith("open b err Failed") for line in lines)
+    assert "open c ok" in lines
+    assert any(line.startswith("open d err Failed") and "not found" in line for line in lines)
+    assert any(line.startswith("open e err Failed") and "no bucket" in line for line in lines)
+    assert not any("testing" in line for line in lines)  # no credentials in messages
