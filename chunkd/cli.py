@@ -101,10 +101,14 @@ def _client(args: argparse.Namespace) -> int:
         listen, token = cfg.daemon.listen, cfg.daemon.auth_token
     ep = client.endpoint_from(args.url, args.token, listen, token)
     if args.command == "submit":
+        # SPEC: `chunkd submit COMPONENT [ARGS...] [--wait]`: --wait may follow the args;
+        # everything after a literal `--` goes to the component untouched.
         argv = list(args.args)
-        if argv[:1] == ["--"]:
-            argv = argv[1:]
-        return _run_async(client.submit(ep, args.component, argv, wait=args.wait))
+        cut = argv.index("--") if "--" in argv else len(argv)
+        head, tail = argv[:cut], argv[cut + 1:]
+        wait = args.wait or "--wait" in head
+        argv = [a for a in head if a != "--wait"] + tail
+        return _run_async(client.submit(ep, args.component, argv, wait=wait))
     if args.command == "status":
         return _run_async(client.status(ep, args.job, as_json=args.json))
     return _run_async(client.cancel(ep, args.job))
