@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import structlog
 from wasmtime import Engine
-from wasmtime.component import Variant
 
 from chunkd.config import ComponentConfig, Config
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
@@ -76,7 +75,7 @@ class InstancePool:
 
     def _new_instance(self) -> GuestInstance:
         lim = self.runtime.config.limits
-        inst = GuestInstance(self.comp, self._next_index, self.runtime, self.runtime.clock,
+        inst = self.comp.instance_class(self.comp, self._next_index, self.runtime, self.runtime.clock,
                              call_timeout_s=lim.call_timeout_s, memory_bytes=lim.instance_memory_bytes,
                              max_chunk_size=lim.max_chunk_size_bytes)
         self._next_index += 1
@@ -564,7 +563,7 @@ class Runtime:
         return await read_with_retry(blob, offset, length, lim.source_retries, lim.source_retry_backoff_s)
 
     def start_chunking(self, inst: GuestInstance, stream: HostStream, chunk_size: int,
-                       correlation_id: int) -> Variant | None:
+                       correlation_id: int) -> values.StreamErr | None:
         max_chunk = self.config.limits.max_chunk_size_bytes
         with stream.lock:
             if stream.chunking or stream.ended:

@@ -50,14 +50,17 @@ def test_shapes_match_the_real_types(probe_types: tuple[Engine, Component]) -> N
     assert end_ty._tagged() and [n for n, _ in end_ty.cases] == ["completed", "cancelled", "failed"]
     # our constructors produce values these types accept
     store_less = None
-    for v in (values.err_closed(), values.err_invalid("x"), values.err_failed("y")):
+    for e in (values.err_closed(), values.err_invalid("x"), values.err_failed("y")):
+        v = e.to_wit()
         raw = ffi.wasmtime_component_val_t()
         err_ty.convert_to_c(store_less, v, ctypes.pointer(raw))
         assert err_ty.convert_from_c(raw) == v
+        assert [n for n, _ in err_ty.cases][e.discriminant] == e.kind
     for end in (values.COMPLETED, values.CANCELLED, values.failed("why")):
         raw = ffi.wasmtime_component_val_t()
         end_ty.convert_to_c(store_less, end.to_wit(), ctypes.pointer(raw))
         assert end_ty.convert_from_c(raw) == end.to_wit()
+        assert [n for n, _ in end_ty.cases][end.discriminant] == end.kind
     assert values.lift_invoke_result(values.Variant("ok", "fine")) == (True, "fine")
     assert values.lift_invoke_result(values.Variant("err", "bad")) == (False, "bad")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasmtime import Engine, WasmtimeError
+from wasmtime import Engine, Module, WasmtimeError
 from wasmtime.component import Component, ComponentInstanceType
 
 from chunkd.errors import ComponentError
@@ -31,8 +31,21 @@ class WorldInfo:
 class LoadedComponent:
     name: str
     path: Path
-    component: Component
+    component: Component | None
     info: WorldInfo
+    module: Module | None = None  # the core-module fast path (core.py)
+
+    @property
+    def kind(self) -> str:
+        return "core" if self.module is not None else "component"
+
+    @property
+    def instance_class(self) -> type:
+        if self.module is not None:
+            from chunkd.host.core import CoreInstance
+            return CoreInstance
+        from chunkd.host.instance import ComponentInstance
+        return ComponentInstance
 
 
 def _funcs_of(component: Component, engine: Engine, iface: str) -> set[str] | None:

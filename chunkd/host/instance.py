@@ -1,5 +1,10 @@
 """One instance of one component: its store, its thread, its host imports.
 
+InstanceBase holds what every kind of guest shares: the worker thread, the
+epoch budget, the stream table and the host side of the chunkd imports
+(answering in neutral values). ComponentInstance (here) and CoreInstance
+(core.py, the canonical-ABI fast path) only differ in how values cross.
+
 Every call into the instance (instantiate, invoke, handle-chunk,
 stream-ended, resource drops) runs on the instance's own worker thread, so
 the event loop never blocks and no two calls run in one instance at once.
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
 
 import structlog
 from wasmtime import Store, Trap, TrapCode, WasiConfig, WasmtimeError
-from wasmtime.component import Func, Linker, ResourceAny, ResourceHost, ResourceType, Variant
+from wasmtime.component import Func, Linker, ResourceHost, ResourceType
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
@@ -61,16 +66,16 @@ class HostServices(Protocol):
 
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes: ...
 
-    def start_chunking(self, inst: "GuestInstance", stream: HostStream, chunk_size: int,
-                       correlation_id: int) -> Variant | None:
+    def start_chunking(self, inst: "InstanceBase", stream: HostStream, chunk_size: int,
+                       correlation_id: int) -> values.StreamErr | None:
         """Called on the instance thread; None on success, else a stream-error."""
         ...
 
-    def stream_released(self, inst: "GuestInstance", stream: HostStream) -> None:
+    def stream_released(self, inst: "InstanceBase", stream: HostStream) -> None:
         """The guest dropped its handle of a stream that is not being chunked."""
         ...
 
-    def guest_output(self, inst: "GuestInstance", fd: str, line: str) -> None: ...
+    def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None: ...
 
 
 class _LineBuffer:
@@ -97,7 +102,9 @@ class _LineBuffer:
             self._emit(line.decode("utf-8", "replace"))
 
 
-class GuestInstance:
+class InstanceBase:
+    kind = "component"
+
     def __init__(self, comp: LoadedComponent, index: int, services: HostServices, clock: EpochClock,
                  *, call_timeout_s: float, memory_bytes: int, max_chunk_size: int) -> None:
         self.comp = comp
@@ -116,67 +123,60 @@ class GuestInstance:
         self._next_handle = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
         self._store: Store | None = None
-        self._funcs: dict[str, Func] = {}
         self._call_start_tick = 0
         self._waited_ticks = 0
         self._in_call = False
-        self._stdout = _LineBuffer(lambda line: services.guest_output(self, "stdout", line))
-        self._stderr = _LineBuffer(lambda line: services.guest_output(self, "stderr", line))
 
-    # --- lifecycle ----------------------------------------------------------
+    # --- lifecycle (loop side) ---------------------------------------------------
 
     async def start(self) -> None:
         await self._on_thread(self._instantiate)
 
     async def close(self) -> None:
-        def drop() -> None:
-            self._funcs.clear()
-            self._store = None
         try:
-            await self._on_thread(drop)
+            await self._on_thread(self._drop_store)
         finally:
             self._executor.shutdown(wait=False)
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _instantiate(self) -> None:
-        engine = self.clock.engine
-        store = Store(engine)
-        wasi = WasiConfig()  # no preopens, no env, no args, no network, no stdin
-        wasi.stdout_custom = self._stdout.write
-        wasi.stderr_custom = self._stderr.write
-        store.set_wasi(wasi)
-        store.set_limits(memory_size=self.memory_bytes)
-        store.set_epoch_deadline(self.call_timeout_ticks)
-        linker = Linker(engine)
-        linker.add_wasip2()
-        with linker.root() as root:
-            with root.add_instance(TYPES_IFACE) as types:
-                types.add_resource("input-stream", ResourceType.host(STREAM_RESOURCE_ID), self._drop_stream)
-                types.add_func("[method]input-stream.size", self._host_size)
-                types.add_func("[method]input-stream.read", self._host_read)
-                types.add_func("[method]input-stream.start-chunking-read", self._host_start_chunking)
-            with root.add_instance(BLOBS_IFACE) as blobs:
-                blobs.add_func("open", self._host_open)
-        self._store = store
-        self._begin_call()
-        try:
-            instance = linker.instantiate(store, self.comp.component)
-        except (Trap, WasmtimeError) as e:
-            raise self._classify(e, "instantiate") from None
-        finally:
-            self._in_call = False
-        for iface, fname in ((TRIGGER_IFACE, "invoke"), (HANDLER_IFACE, "handle-chunk"), (EVENTS_IFACE, "stream-ended")):
-            idx = instance.get_export_index(store, iface)
-            if idx is None:
-                continue
-            fidx = instance.get_export_index(store, fname, idx)
-            func = instance.get_func(store, fidx) if fidx is not None else None
-            if func is not None:
-                self._funcs[fname] = func
+    # --- what a guest kind implements (instance thread) ---------------------------
 
-    # --- calls into the guest -----------------------------------------------------------
+    def _instantiate(self) -> None:
+        raise NotImplementedError
+
+    def _drop_store(self) -> None:
+        self._store = None
+
+    def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        raise NotImplementedError
+
+    @property
+    def has_events(self) -> bool:
+        raise NotImplementedError
+
+    # --- calls into the guest (loop side) ----------------------------------------
+
+    async def invoke(self, args: list[str]) -> tuple[bool, str]:
+        return await self._on_thread(self._guarded, "invoke", self._invoke, args)
+
+    async def handle_chunk(self, stream: HostStream, correlation_id: int, current: int, total: int,
+                           data: bytes) -> bool:
+        return await self._on_thread(self._guarded, "handle-chunk", self._handle_chunk, stream.handle,
+                                     correlation_id, current, total, data)
+
+    async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        if self.has_events and not self.broken:
+            await self._on_thread(self._guarded, "stream-ended", self._stream_ended, correlation_id, end)
+
+    # --- call bookkeeping (instance thread) ---------------------------------------
 
     def _begin_call(self) -> None:
         assert self._store is not None
@@ -184,6 +184,18 @@ class GuestInstance:
         self._waited_ticks = 0
         self._in_call = True
         self._store.set_epoch_deadline(self.call_timeout_ticks)
+
+    def _guarded(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """One export call: fresh epoch budget; a trap or timeout breaks the instance."""
+        if self.broken:
+            raise GuestTrap(f"instance {self.label} is broken: {self.broken}")
+        self._begin_call()
+        try:
+            return fn(*args)
+        except (Trap, WasmtimeError) as e:
+            raise self._classify(e, what) from None
+        finally:
+            self._in_call = False
 
     def _classify(self, e: Exception, what: str) -> GuestTrap:
         text = str(e)
@@ -200,43 +212,6 @@ class GuestInstance:
         self.broken = msg
         return GuestTrap(msg, timeout=timeout)
 
-    def _call(self, name: str, *args: Any) -> Any:
-        if self.broken:
-            raise GuestTrap(f"instance {self.label} is broken: {self.broken}")
-        func = self._funcs[name]
-        store = self._store
-        assert store is not None
-        self._begin_call()
-        try:
-            result = func(store, *args)
-            func.post_return(store)
-            return result
-        except (Trap, WasmtimeError) as e:
-            raise self._classify(e, name) from None
-        finally:
-            self._in_call = False
-
-    async def invoke(self, args: list[str]) -> tuple[bool, str]:
-        result = await self._on_thread(self._call, "invoke", args)
-        return values.lift_invoke_result(result)
-
-    async def handle_chunk(self, stream: HostStream, correlation_id: int, current: int, total: int,
-                           data: bytes) -> bool:
-        def call() -> bool:
-            borrowed = ResourceHost.borrow(stream.handle, STREAM_RESOURCE_ID)
-            return bool(self._call("handle-chunk", borrowed, correlation_id, current, total, data))
-        return await self._on_thread(call)
-
-    @property
-    def has_events(self) -> bool:
-        return "stream-ended" in self._funcs
-
-    async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
-        if self.has_events and not self.broken:
-            await self._on_thread(self._call, "stream-ended", correlation_id, end.to_wit())
-
-    # --- host side of the guest's imports (instance thread) -----------------------------
-
     def _wait_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the event loop; the time waited does not count against call_timeout."""
         t0 = self.clock.ticks
@@ -249,11 +224,9 @@ class GuestInstance:
                 used = self.clock.ticks - self._call_start_tick - self._waited_ticks
                 self._store.set_epoch_deadline(max(1, self.call_timeout_ticks - used))
 
-    def _stream_of(self, store: Any, this: ResourceAny) -> HostStream | None:
-        rep = this.to_host(store).rep  # consume the borrow within the call
-        return self.streams.get(rep)
+    # --- host side of the chunkd imports, neutral values (instance thread) --------
 
-    def _host_open(self, store: Any, container: str, name: str) -> Any:
+    def host_open(self, container: str, name: str) -> int | values.StreamErr:
         try:
             blob = self._wait_on_loop(self.services.open_blob(container, name))
         except ChunkdError as e:
@@ -265,14 +238,14 @@ class GuestInstance:
         self.streams[handle] = HostStream(handle, container, name, blob)
         log.debug("blob_opened", component=self.comp.name, instance=self.label, container=container,
                   blob=name, size=blob.size, handle=handle)
-        return ResourceHost.own(handle, STREAM_RESOURCE_ID)
+        return handle
 
-    def _host_size(self, store: Any, this: ResourceAny) -> int | None:
-        s = self._stream_of(store, this)
+    def host_size(self, handle: int) -> int | None:
+        s = self.streams.get(handle)
         return None if s is None else s.blob.size
 
-    def _host_read(self, store: Any, this: ResourceAny, length: int) -> Any:
-        s = self._stream_of(store, this)
+    def host_read(self, handle: int, length: int) -> bytes | values.StreamErr:
+        s = self.streams.get(handle)
         if s is None or s.chunking or s.ended:
             return values.err_closed()
         if length > self.max_chunk_size:
@@ -288,19 +261,19 @@ class GuestInstance:
         s.position += len(data)
         return data
 
-    def _host_start_chunking(self, store: Any, this: ResourceAny, chunk_size: int, correlation_id: int) -> Any:
-        s = self._stream_of(store, this)
+    def host_start_chunking(self, handle: int, chunk_size: int, correlation_id: int) -> values.StreamErr | None:
+        s = self.streams.get(handle)
         if s is None or s.ended:
             return values.err_closed()
         return self.services.start_chunking(self, s, chunk_size, correlation_id)
 
-    def _drop_stream(self, store: Any, rep: int) -> None:
-        s = self.streams.get(rep)
+    def host_drop(self, handle: int) -> None:
+        s = self.streams.get(handle)
         if s is None:
             return
         s.handle_dropped = True
         if not s.chunking:
-            del self.streams[rep]
+            del self.streams[handle]
             self.services.stream_released(self, s)
 
     def forget_stream(self, s: HostStream) -> None:
@@ -308,3 +281,88 @@ class GuestInstance:
         s.ended = True
         if s.handle_dropped:
             self.streams.pop(s.handle, None)
+
+
+def _wit(v: Any) -> Any:
+    return v.to_wit() if isinstance(v, values.StreamErr) else v
+
+
+class ComponentInstance(InstanceBase):
+    """A wasm component, through wasmtime's component API."""
+
+    kind = "component"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._funcs: dict[str, Func] = {}
+        self._stdout = _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line))
+        self._stderr = _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))
+
+    def _drop_store(self) -> None:
+        self._funcs.clear()
+        self._store = None
+
+    def _instantiate(self) -> None:
+        engine = self.clock.engine
+        store = Store(engine)
+        wasi = WasiConfig()  # no preopens, no env, no args, no network, no stdin
+        wasi.stdout_custom = self._stdout.write
+        wasi.stderr_custom = self._stderr.write
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=self.memory_bytes)
+        store.set_epoch_deadline(self.call_timeout_ticks)
+        linker = Linker(engine)
+        linker.add_wasip2()
+        with linker.root() as root:
+            with root.add_instance(TYPES_IFACE) as types:
+                types.add_resource("input-stream", ResourceType.host(STREAM_RESOURCE_ID),
+                                   lambda store, rep: self.host_drop(rep))
+                types.add_func("[method]input-stream.size",
+                               lambda store, this: self.host_size(this.to_host(store).rep))
+                types.add_func("[method]input-stream.read",
+                               lambda store, this, n: _wit(self.host_read(this.to_host(store).rep, n)))
+                types.add_func("[method]input-stream.start-chunking-read",
+                               lambda store, this, chunk, cid: _wit(
+                                   self.host_start_chunking(this.to_host(store).rep, chunk, cid)))
+            with root.add_instance(BLOBS_IFACE) as blobs:
+                blobs.add_func("open", self._open)
+        self._store = store
+        instance = self._guarded("instantiate", linker.instantiate, store, self.comp.component)
+        for iface, fname in ((TRIGGER_IFACE, "invoke"), (HANDLER_IFACE, "handle-chunk"), (EVENTS_IFACE, "stream-ended")):
+            idx = instance.get_export_index(store, iface)
+            if idx is None:
+                continue
+            fidx = instance.get_export_index(store, fname, idx)
+            func = instance.get_func(store, fidx) if fidx is not None else None
+            if func is not None:
+                self._funcs[fname] = func
+
+    def _open(self, store: Any, container: str, name: str) -> Any:
+        r = self.host_open(container, name)
+        return r.to_wit() if isinstance(r, values.StreamErr) else ResourceHost.own(r, STREAM_RESOURCE_ID)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        func = self._funcs[name]
+        store = self._store
+        assert store is not None
+        result = func(store, *args)
+        func.post_return(store)
+        return result
+
+    def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        return values.lift_invoke_result(self._call("invoke", args))
+
+    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+        borrowed = ResourceHost.borrow(handle, STREAM_RESOURCE_ID)
+        return bool(self._call("handle-chunk", borrowed, correlation_id, current, total, data))
+
+    @property
+    def has_events(self) -> bool:
+        return "stream-ended" in self._funcs
+
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        self._call("stream-ended", correlation_id, end.to_wit())
+
+
+# the name the rest of chunkd uses for "an instance of some guest kind"
+GuestInstance = InstanceBase

@@ -32,25 +32,50 @@ from wasmtime.component import ListType, Variant
 # --- stream-error -----------------------------------------------------------
 
 
-def err_closed() -> Variant:
-    return Variant("closed")
+STREAM_ERROR_CASES = ("closed", "invalid-argument", "failed")
 
 
-def err_invalid(msg: str) -> Variant:
-    return Variant("invalid-argument", msg)
+@dataclass(frozen=True)
+class StreamErr:
+    """A stream-error, independent of how it is lowered (component value or canonical ABI)."""
+
+    kind: str  # one of STREAM_ERROR_CASES
+    message: str = ""
+
+    def to_wit(self) -> Variant:
+        return Variant("closed") if self.kind == "closed" else Variant(self.kind, self.message)
+
+    @property
+    def discriminant(self) -> int:
+        return STREAM_ERROR_CASES.index(self.kind)
 
 
-def err_failed(msg: str) -> Variant:
-    return Variant("failed", msg)
+def err_closed() -> StreamErr:
+    return StreamErr("closed")
+
+
+def err_invalid(msg: str) -> StreamErr:
+    return StreamErr("invalid-argument", msg)
+
+
+def err_failed(msg: str) -> StreamErr:
+    return StreamErr("failed", msg)
 
 
 # --- stream-end ---------------------------------------------------------------
 
 
+STREAM_END_CASES = ("completed", "cancelled", "failed")
+
+
 @dataclass(frozen=True)
 class StreamEnd:
-    kind: str  # "completed" | "cancelled" | "failed"
+    kind: str  # one of STREAM_END_CASES
     reason: str = ""
+
+    @property
+    def discriminant(self) -> int:
+        return STREAM_END_CASES.index(self.kind)
 
     def to_wit(self) -> Variant:
         if self.kind == "failed":
@@ -153,6 +178,6 @@ def stock_conversions() -> tuple[Callable[..., None], Callable[..., Any]]:
 
 
 __all__ = [
-    "COMPLETED", "CANCELLED", "StreamEnd", "failed", "err_closed", "err_invalid", "err_failed",
+    "COMPLETED", "CANCELLED", "StreamEnd", "StreamErr", "failed", "err_closed", "err_invalid", "err_failed",
     "lift_invoke_result", "lower_bytes", "lift_bytes", "install_fast_bytes", "stock_conversions",
 ]
