@@ -179,6 +179,7 @@ def cmd_check(config: Config) -> int:
             print(f"component {name}: FAIL: {e}")
             problems += 1
             continue
-        print(f"component {name}: ok: exports {loaded.info.world} (component path)")
+        path = "core-module fast path" if loaded.kind == "core" else "component path"
+        print(f"component {name}: ok: exports {loaded.info.world} ({path})")
     print(f"{config.file}: {'ok' if not problems else f'{problems} problem(s)'}")
     return EXIT_OK if not problems else EXIT_CONFIG

@@ -77,12 +77,55 @@ def check_world(component: Component, engine: Engine, label: str) -> WorldInfo:
     return WorldInfo("consumer-with-events" if has_events else "consumer", has_events, imports)
 
 
+CORE_EXPORTS_REQUIRED = ("memory", "cabi_realloc", f"{TRIGGER_IFACE}#invoke", f"{HANDLER_IFACE}#handle-chunk")
+
+
+def check_core_world(module: Module, label: str) -> WorldInfo:
+    """A core module implementing the consumer world at the canonical-ABI level."""
+    from chunkd.host.core import HOST_FUNCS
+    exports = {e.name: e.type for e in module.exports}
+    for name in CORE_EXPORTS_REQUIRED:
+        if name not in exports:
+            raise ComponentError(f"{label}: core module does not export {name!r}: not a chunkd consumer")
+    imports = []
+    for imp in module.imports:
+        key = (imp.module, imp.name or "")
+        if key not in HOST_FUNCS:
+            raise ComponentError(f"{label}: core module imports {imp.module}/{imp.name}, which chunkd does not "
+                                 f"provide to core guests (only the chunkd:streams functions, no WASI)")
+        params, results = HOST_FUNCS[key]
+        ty = imp.type
+        got_p = [str(t) for t in getattr(ty, "params", [])]
+        got_r = [str(t) for t in getattr(ty, "results", [])]
+        if got_p != [str(t) for t in params] or got_r != [str(t) for t in results]:
+            raise ComponentError(f"{label}: core import {imp.module}/{imp.name} has type ({', '.join(got_p)}) -> "
+                                 f"({', '.join(got_r)}), expected ({', '.join(map(str, params))}) -> "
+                                 f"({', '.join(map(str, results))})")
+        imports.append(f"{imp.module}/{imp.name}")
+    has_events = f"{EVENTS_IFACE}#stream-ended" in exports
+    return WorldInfo("consumer-with-events" if has_events else "consumer", has_events, tuple(sorted(imports)))
+
+
+def _is_core(data: bytes | str) -> bool:
+    if isinstance(data, str):
+        code = "\n".join(line for line in data.splitlines() if not line.lstrip().startswith(";;"))
+        return code.lstrip().startswith("(module")
+    return data[:4] == b"\0asm" and data[4:8] == b"\x01\x00\x00\x00"
+
+
 def load_component(engine: Engine, name: str, path: Path) -> LoadedComponent:
     label = f"component {name!r} ({path})"
     try:
         data: bytes | str = path.read_text() if path.suffix == ".wat" else path.read_bytes()
     except (OSError, UnicodeDecodeError) as e:
         raise ComponentError(f"{label}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    if _is_core(data):
+        try:
+            module = Module(engine, data)
+        except WasmtimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+            raise ComponentError(f"{label}: not a valid wasm module: {first}") from None
+        return LoadedComponent(name, path, None, check_core_world(module, label), module=module)
     try:
         comp = Component(engine, data)
     except WasmtimeError as e:

@@ -1,0 +1,235 @@
+"""The core-module fast path: chunkd performs the canonical ABI itself.
+
+A core wasm module that implements the `consumer` world at the canonical-ABI
+level (the module wit-bindgen produces before componentization) is run
+directly: chunk bytes go into guest memory with one memmove into a buffer
+from the guest's `cabi_realloc`, and results are read straight from linear
+memory. Same host logic, limits and delivery rules as components (the
+InstanceBase does both); only how values cross differs. No WASI is linked:
+a core guest that imports anything else is refused by `chunkd check`.
+
+Layouts (CanonicalABI.md; all little-endian, retptr results):
+  result<own<input-stream>, stream-error>  u8 disc @0 | ok: i32 handle @4 |
+                                          err: u8 case @4, string (i32 ptr @8, i32 len @12)
+  result<list<u8>, stream-error>          ok: i32 ptr @4, i32 len @8 | err as above
+  result<_, stream-error>                 disc @0 | err as above
+  option<u64>                             u8 disc @0 | u64 @8
+  invoke -> result<string, string>        returned pointer: u8 disc @0, i32 ptr @4, i32 len @8
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import Any, Callable
+
+from wasmtime import Func, FuncType, Linker, Memory, Store, ValType, WasmtimeError
+
+from chunkd.host import values
+from chunkd.host.component import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
+from chunkd.host.instance import InstanceBase
+
+U64 = (1 << 64) - 1
+
+
+class AbiViolation(WasmtimeError):
+    """A core guest broke the canonical ABI (bad pointer, bad UTF-8, ...): its call traps."""
+
+    def __init__(self, message: str) -> None:  # WasmtimeError's own __init__ wants a C pointer
+        self._message = message
+        self._ptr = None
+        Exception.__init__(self, message)
+
+    def __str__(self) -> str:
+        return self._message
+
+
+def _s64(v: int) -> int:
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+I32, I64 = ValType.i32(), ValType.i64()
+
+# name -> (params, results) of what a core guest may import
+HOST_FUNCS: dict[tuple[str, str], tuple[list[ValType], list[ValType]]] = {
+    (BLOBS_IFACE, "open"): ([I32, I32, I32, I32, I32], []),
+    (TYPES_IFACE, "[method]input-stream.size"): ([I32, I32], []),
+    (TYPES_IFACE, "[method]input-stream.read"): ([I32, I64, I32], []),
+    (TYPES_IFACE, "[method]input-stream.start-chunking-read"): ([I32, I64, I64, I32], []),
+    (TYPES_IFACE, "[resource-drop]input-stream"): ([I32], []),
+}
+EXPORT_INVOKE = f"{TRIGGER_IFACE}#invoke"
+EXPORT_HANDLE = f"{HANDLER_IFACE}#handle-chunk"
+EXPORT_ENDED = f"{EVENTS_IFACE}#stream-ended"
+
+
+class CoreInstance(InstanceBase):
+    kind = "core"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._mem: Memory | None = None
+        self._exports: dict[str, Func] = {}
+
+    def _drop_store(self) -> None:
+        self._exports.clear()
+        self._mem = None
+        self._store = None
+
+    def _instantiate(self) -> None:
+        engine = self.clock.engine
+        store = Store(engine)
+        store.set_limits(memory_size=self.memory_bytes)
+        store.set_epoch_deadline(self.call_timeout_ticks)
+        linker = Linker(engine)
+        impls: dict[tuple[str, str], Callable[..., Any]] = {
+            (BLOBS_IFACE, "open"): self._open,
+            (TYPES_IFACE, "[method]input-stream.size"): self._size,
+            (TYPES_IFACE, "[method]input-stream.read"): self._read,
+            (TYPES_IFACE, "[method]input-stream.start-chunking-read"): self._start,
+            (TYPES_IFACE, "[resource-drop]input-stream"): self.host_drop,
+        }
+        for (mod, name), (params, results) in HOST_FUNCS.items():
+            linker.define_func(mod, name, FuncType(params, results), impls[(mod, name)])
+        self._store = store
+        module = self.comp.module
+        assert module is not None
+        instance = self._guarded("instantiate", linker.instantiate, store, module)
+        exports = instance.exports(store)
+        mem = exports.get("memory")
+        if not isinstance(mem, Memory):
+            raise AbiViolation(f"{self.label}: core guest exports no memory")
+        self._mem = mem
+        for name in ("cabi_realloc", EXPORT_INVOKE, EXPORT_HANDLE, EXPORT_ENDED, f"cabi_post_{EXPORT_INVOKE}",
+                     f"cabi_post_{EXPORT_HANDLE}", "_initialize"):
+            f = exports.get(name)
+            if isinstance(f, Func):
+                self._exports[name] = f
+        if "_initialize" in self._exports:  # a reactor's constructors
+            self._guarded("_initialize", self._exports["_initialize"], self._st)
+
+    @property
+    def _st(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    # --- linear memory ---------------------------------------------------------------
+
+    def _span(self, ptr: int, n: int) -> int:
+        """The host address of guest bytes [ptr, ptr+n), bounds-checked."""
+        assert self._mem is not None and self._store is not None
+        if ptr < 0 or n < 0 or ptr + n > self._mem.data_len(self._st):
+            raise AbiViolation(f"guest pointer {ptr}+{n} is outside its memory")
+        return ctypes.addressof(self._mem.data_ptr(self._st).contents) + ptr
+
+    def _get(self, ptr: int, n: int) -> bytes:
+        return ctypes.string_at(self._span(ptr, n), n) if n else b""
+
+    def _put(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        if len(data):
+            ctypes.memmove(self._span(ptr, len(data)), data if isinstance(data, bytes) else bytes(data), len(data))
+
+    def _pack(self, ptr: int, fmt: str, *vals: Any) -> None:
+        self._put(ptr, struct.pack("<" + fmt, *vals))
+
+    def _alloc(self, n: int, align: int = 1) -> int:
+        realloc = self._exports.get("cabi_realloc")
+        if realloc is None:
+            raise AbiViolation("core guest exports no cabi_realloc")
+        ptr = int(realloc(self._st, 0, 0, align, n))
+        self._span(ptr, n)
+        return ptr
+
+    def _str(self, ptr: int, n: int) -> str:
+        try:
+            return self._get(ptr, n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise AbiViolation("guest passed a string that is not UTF-8") from None
+
+    def _lower_str(self, s: str) -> tuple[int, int]:
+        b = s.encode("utf-8")
+        p = self._alloc(len(b), 1)
+        self._put(p, b)
+        return p, len(b)
+
+    def _write_error(self, ret: int, e: values.StreamErr) -> None:
+        if e.kind == "closed":
+            self._pack(ret, "BxxxB", 1, e.discriminant)
+        else:
+            p, n = self._lower_str(e.message)
+            self._pack(ret, "BxxxBxxxII", 1, e.discriminant, p, n)
+
+    # --- host imports (instance thread) ------------------------------------------------
+
+    def _open(self, cptr: int, clen: int, nptr: int, nlen: int, ret: int) -> None:
+        self._span(ret, 16)
+        r = self.host_open(self._str(cptr, clen), self._str(nptr, nlen))
+        if isinstance(r, values.StreamErr):
+            self._write_error(ret, r)
+        else:
+            self._pack(ret, "BxxxI", 0, r)
+
+    def _size(self, handle: int, ret: int) -> None:
+        size = self.host_size(handle)
+        if size is None:
+            self._pack(ret, "B", 0)
+        else:
+            self._pack(ret, "BxxxxxxxQ", 1, size)
+
+    def _read(self, handle: int, length: int, ret: int) -> None:
+        self._span(ret, 16)
+        r = self.host_read(handle, length & U64)
+        if isinstance(r, values.StreamErr):
+            self._write_error(ret, r)
+            return
+        p = self._alloc(len(r), 1)
+        self._put(p, r)
+        self._pack(ret, "BxxxII", 0, p, len(r))
+
+    def _start(self, handle: int, chunk: int, cid: int, ret: int) -> None:
+        self._span(ret, 16)
+        r = self.host_start_chunking(handle, chunk & U64, cid & U64)
+        if r is None:
+            self._pack(ret, "B", 0)
+        else:
+            self._write_error(ret, r)
+
+    # --- exports ---------------------------------------------------------------------------
+
+    def _export(self, name: str) -> Func:
+        f = self._exports.get(name)
+        if f is None:
+            raise AbiViolation(f"core guest does not export {name}")
+        return f
+
+    def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        arr = self._alloc(8 * len(args), 4)
+        for i, a in enumerate(args):
+            p, n = self._lower_str(a)
+            self._pack(arr + 8 * i, "II", p, n)
+        retp = int(self._export(EXPORT_INVOKE)(self._st, arr, len(args)))
+        disc, sp, sn = struct.unpack("<BxxxII", self._get(retp, 12))
+        if disc not in (0, 1):
+            raise AbiViolation(f"invoke returned result discriminant {disc}")
+        text = self._str(sp, sn)
+        post = self._exports.get(f"cabi_post_{EXPORT_INVOKE}")
+        if post is not None:
+            post(self._st, retp)
+        return disc == 0, text
+
+    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+        p = self._alloc(len(data), 1)
+        self._put(p, data)
+        r = self._export(EXPORT_HANDLE)(self._st, handle, _s64(correlation_id), _s64(current), _s64(total),
+                                       p, len(data))
+        post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
+        if post is not None:
+            post(self._st, r)
+        return bool(r)
+
+    @property
+    def has_events(self) -> bool:
+        return EXPORT_ENDED in self._exports
+
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        p, n = self._lower_str(end.reason) if end.kind == "failed" else (0, 0)
+        self._export(EXPORT_ENDED)(self._st, _s64(correlation_id), end.discriminant, p, n)

@@ -1,0 +1,144 @@
+"""The core-module fast path: the same SPEC section 2 rules, limits and faults, against
+a hand-written C guest (tests/guests/core_probe) that speaks the canonical ABI."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkd.cli import EXIT_CONFIG, EXIT_OK, main
+from chunkd.jobs import COMPLETED, FAILED
+from tests.conftest import WAT, make_blob
+
+CORE = {"core": {"guest": "core_probe"}}
+
+
+def fnv(data: bytes, h: int = 2166136261) -> int:
+    for b in data:
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+async def run_and_report(h: Any, args: list[str]) -> tuple[Any, list[str]]:
+    job = await h.run("core", args)
+    rep = await h.run("core", ["report"])
+    assert rep.state == COMPLETED
+    return job, (rep.invoke_result or "").splitlines()
+
+
+@pytest.mark.parametrize("size,chunk", [(10_000, 4096), (8192, 4096), (0, 4096), (100_003, 1000)])
+async def test_numbering_sizes_and_content(harness, blobs: Path, size: int, chunk: int) -> None:
+    data = make_blob(blobs, "b.bin", size)
+    async with harness(components=CORE) as h:
+        assert h.runtime.pools["core"].comp.kind == "core"
+        job, log = await run_and_report(h, ["local", "b.bin", str(chunk), "5", "-1", "log"])
+    total = max(1, math.ceil(size / chunk))
+    chunks = [line.split() for line in log if line.startswith("chunk ")]
+    assert [int(c[2]) for c in chunks] == list(range(total))
+    assert all(int(c[3]) == total for c in chunks)
+    sizes = [int(c[4]) for c in chunks]
+    assert sizes == ([chunk] * (total - 1) + [size - chunk * (total - 1)] if size else [0])
+    # the running hash after every chunk: bytes arrived in order, exactly
+    off = 0
+    for c, n in zip(chunks, sizes, strict=True):
+        off += n
+        assert int(c[5]) == fnv(data[:off])
+    assert log[0] == "start 5 ok"
+    assert log[-1] == f"ended 5 0 {fnv(data)}"  # 0 = completed
+    assert job.state == COMPLETED
+
+
+async def test_false_cancels(harness, blobs: Path) -> None:
+    make_blob(blobs, "b.bin", 1 << 20)
+    async with harness(components=CORE) as h:
+        job, log = await run_and_report(h, ["local", "b.bin", "65536", "3", "2", "log"])
+    assert [line.split()[2] for line in log if line.startswith("chunk")] == ["0", "1", "2"]
+    assert log[-1].startswith("ended 3 1 ")  # 1 = cancelled
+    assert job.state == FAILED and job.deliveries[0].stats.read_bytes <= 6 * 65536
+
+
+async def test_errors_cross_the_abi(harness, blobs: Path) -> None:
+    data = make_blob(blobs, "a.bin", 5000)
+    async with harness(components=CORE, limits={"max_chunk_size": "4KiB"}) as h:
+        _, log = await run_and_report(h, ["local", "a.bin", "0", "1", "-1", "log"])
+        assert log[0].startswith("start 1 err 1 ") and "chunk-size 0" in log[0]  # 1 = invalid-argument
+        _, log = await run_and_report(h, ["local", "a.bin", "5000", "1", "-1", "log"])
+        assert log[0].startswith("start 1 err 1 ")
+        _, log = await run_and_report(h, ["local", "missing.bin", "100", "1", "-1", "log"])
+        assert log[0].startswith("open err 2 ") and "missing.bin" in log[0]  # 2 = failed
+        _, log = await run_and_report(h, ["read", "local", "a.bin", "3000"])
+        assert log == [f"read 3000 {fnv(data[:3000])}"]
+        _, log = await run_and_report(h, ["read", "local", "a.bin", "5000"])
+        assert log[0].startswith("read err 1 ")
+        # a second start-chunking-read on the same stream: closed (0, no message)
+        await h.run("core", ["local", "a.bin", "1000", "2", "-1", "quiet"])
+        _, log = await run_and_report(h, ["again", "9", "100"])
+        assert log == ["start 9 err 0"]
+
+
+async def test_unknown_size(harness, blobs: Path) -> None:
+    fifo = blobs / "pipe"
+    os.mkfifo(fifo)
+    payload = os.urandom(10_000)
+    t = threading.Thread(target=lambda: fifo.write_bytes(payload), daemon=True)
+    t.start()
+    async with harness(components=CORE) as h:
+        job, log = await run_and_report(h, ["local", "pipe", "4096", "3", "-1", "log"])
+    t.join(10)
+    chunks = [line.split() for line in log if line.startswith("chunk ")]
+    assert [c[3] for c in chunks] == ["0", "0", "0"] and log[-1] == f"ended 3 0 {fnv(payload)}"
+
+
+async def test_invoke_error_trap_timeout_memory(harness, blobs: Path) -> None:
+    make_blob(blobs, "a.bin", 4 * 1024 * 1024)
+    async with harness(components=CORE, limits={"call_timeout": "500ms", "instance_memory": "1MiB",
+                                                 "max_chunk_size": "4MiB"}) as h:
+        j = await h.run("core", ["fail"])
+        assert j.state == FAILED and j.invoke_ok is False and "asked to fail" in (j.error or "")
+        j = await h.run("core", ["trap"])
+        assert j.state == FAILED and "trapped" in (j.error or "")
+        j = await h.run("core", ["loop"])
+        assert j.state == FAILED and "call_timeout" in (j.error or "")
+        j = await h.run("core", ["local", "a.bin", str(2 * 1024 * 1024), "1", "-1", "quiet"])  # > 1 MiB memory
+        assert j.state == FAILED and j.deliveries[0].outcome is not None
+        assert j.deliveries[0].outcome.kind == "failed"
+        ok = await h.run("core", ["local", "a.bin", "65536", "1", "-1", "quiet"])
+        assert ok.state == COMPLETED
+        assert h.runtime.metrics.value("chunkd_timeouts_total", component="core") == 1
+
+
+async def test_bad_guest_pointer_is_a_clear_trap(harness, blobs: Path, tmp_path: Path, guests: dict[str, Path]) -> None:
+    guests = dict(guests)
+    guests["bad"] = WAT / "core-bad-pointer.wat"
+    from tests.conftest import config_for
+    from chunkd.runtime import Runtime
+    cfg = config_for(tmp_path / "state", blobs, guests, components={"bad": {}})
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        job = await rt.run("bad", [])
+    finally:
+        await rt.close()
+    assert job.state == FAILED and "outside its memory" in (job.error or "")
+
+
+def test_check_names_the_path_and_refuses_bad_core_modules(tmp_path: Path, state_dir: Path, blobs: Path,
+                                                           guests: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_cli import write_config
+    good = write_config(tmp_path, state_dir, blobs, {"fast": guests["core_probe"], "slow": guests["sha256"]})
+    assert main(["check", "-c", str(good)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "component fast: ok: exports consumer-with-events (core-module fast path)" in out
+    assert "component slow: ok: exports consumer-with-events (component path)" in out
+    wasi = tmp_path / "wasi.wat"
+    shutil.copy(WAT / "core-wants-wasi.wat", wasi)
+    bad = write_config(tmp_path, state_dir, blobs, {"wasi": wasi})
+    assert main(["check", "-c", str(bad)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert "component wasi: FAIL" in out and "wasi_snapshot_preview1/fd_write" in out
