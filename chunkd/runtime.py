@@ -21,6 +21,7 @@ from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
 from chunkd.host.component import LoadedComponent, load_component
 from chunkd.host.engine import EpochClock, make_engine
+from chunkd.host.fastcall import tune_allocator
 from chunkd.host.instance import GuestInstance, HostStream
 from chunkd.jobs import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Job, StreamRequest
 from chunkd.jobstore import JobStore
@@ -173,6 +174,7 @@ class Runtime:
         self.loop = asyncio.get_running_loop()
         self.metrics.bind(self)
         values.install_fast_bytes()
+        tune_allocator()
         cache_dir = self.config.daemon.cache_dir or self.config.daemon.state_dir / "cache"
         self.engine = await self.loop.run_in_executor(None, make_engine, cache_dir)
         self.clock = EpochClock(self.engine)

@@ -29,6 +29,7 @@ from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
 from chunkd.host.component import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE, LoadedComponent
 from chunkd.host.engine import EpochClock
+from chunkd.host.fastcall import PreparedHandleChunk
 
 if TYPE_CHECKING:
     from chunkd.sources.base import Blob
@@ -295,10 +296,14 @@ class ComponentInstance(InstanceBase):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._funcs: dict[str, Func] = {}
+        self._prepared: PreparedHandleChunk | None = None
         self._stdout = _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line))
         self._stderr = _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))
 
     def _drop_store(self) -> None:
+        if self._prepared is not None:
+            self._prepared.close()
+            self._prepared = None
         self._funcs.clear()
         self._store = None
 
@@ -353,8 +358,10 @@ class ComponentInstance(InstanceBase):
         return values.lift_invoke_result(self._call("invoke", args))
 
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
-        borrowed = ResourceHost.borrow(handle, STREAM_RESOURCE_ID)
-        return bool(self._call("handle-chunk", borrowed, correlation_id, current, total, data))
+        if self._prepared is None:
+            assert self._store is not None
+            self._prepared = PreparedHandleChunk(self._funcs["handle-chunk"], self._store, STREAM_RESOURCE_ID)
+        return self._prepared(handle, correlation_id, current, total, data)
 
     @property
     def has_events(self) -> bool:
