@@ -9,6 +9,7 @@
  *             "quiet": only touch every byte (benchmarks)
  *   ["read", CONTAINER, NAME, LEN]   pull LEN bytes, log "read N HASH" or the error
  *   ["again", CID, CHUNK]            start-chunking-read again on the last stream
+ *   ["many", CONTAINER, NAME, CHUNK, COUNT]  COUNT quiet streams of one blob (cids 0..COUNT-1)
  *   ["report"]  returns everything logged since the last report
  *   ["fail"]    returns err("asked to fail")
  *   ["trap"]    traps
@@ -95,15 +96,19 @@ static int64_t num(str_t a) {
 }
 
 /* ---- per correlation-id state ---- */
-#define MAXS 64
+#define MAXS 4096
 static struct { int64_t cid; int64_t stop_at; uint32_t hash; int used; } st[MAXS];
 static int quiet = 0;
 static int32_t last_handle = -1;
 static uint64_t touched = 0;
 
-static int slot(int64_t cid) {
-  for (int i = 0; i < MAXS; i++) if (st[i].used && st[i].cid == cid) return i;
-  for (int i = 0; i < MAXS; i++) if (!st[i].used) { st[i].used = 1; st[i].cid = cid; st[i].hash = 2166136261u; st[i].stop_at = -1; return i; }
+static int slot(int64_t cid) {  /* open addressing on cid */
+  uint32_t h = (uint32_t)((uint64_t)cid % MAXS);
+  for (int k = 0; k < MAXS; k++) {
+    int i = (h + k) % MAXS;
+    if (st[i].used && st[i].cid == cid) return i;
+    if (!st[i].used) { st[i].used = 1; st[i].cid = cid; st[i].hash = 2166136261u; st[i].stop_at = -1; return i; }
+  }
   __builtin_trap();
 }
 static uint32_t fnv(uint32_t h, const uint8_t *p, size_t n) {
@@ -146,6 +151,20 @@ void *invoke(str_t *args, size_t n) {
     puts_("\n");
     stream_drop(h);
     return ret_ok("read");
+  }
+  if (n == 5 && eq(args[0], "many")) {  /* COUNT streams of one blob, quiet: scheduling benchmarks */
+    quiet = 1;
+    int64_t count = num(args[4]);
+    for (int64_t c = 0; c < count; c++) {
+      blobs_open(args[1].ptr, args[1].len, args[2].ptr, args[2].len, ret);
+      if (ret[0]) return ret_ok("open failed");
+      int32_t h = *(int32_t *)(ret + 4);
+      int s = slot(c); st[s].stop_at = -1;
+      stream_start(h, num(args[3]), c, ret);
+      stream_drop(h);
+      if (ret[0]) { st[s].used = 0; return ret_ok("start failed"); }
+    }
+    return ret_ok("many");
   }
   if (n == 3 && eq(args[0], "again")) {
     stream_start(last_handle, num(args[2]), num(args[1]), ret);

@@ -1,0 +1,275 @@
+"""chunkd's data paths, measured side by side in one run.
+
+  raw        readinto a reused buffer from page cache (the baseline)
+  stock      wasmtime-py's own component call with a list<u8> argument
+  component  chunkd's component path end to end (bench/guests/touch, componentize-py)
+  core       chunkd's core-module fast path end to end (tests/guests/core_probe, C)
+each guest touches every byte; chunk sizes 64 KiB, 1 MiB, 4 MiB. Plus: the C-API
+ceiling (the component call alone, argument prebuilt), scheduling overhead per chunk
+over 1,000 concurrent small streams, pacing error, and 1 vs 2 instance threads.
+
+Usage: bench/run [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wasmtime import _ffi as ffi  # noqa: E402
+from wasmtime.component import ListType, ResourceHost  # noqa: E402
+
+from chunkd.config import config_from_mapping  # noqa: E402
+from chunkd.host import values  # noqa: E402
+from chunkd.host.instance import STREAM_RESOURCE_ID  # noqa: E402
+from chunkd.runtime import Runtime  # noqa: E402
+
+SIZES = [64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
+MiB = 1024 * 1024
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6 if seconds > 0 else float("inf")
+
+
+def config(folder: Path, state: Path, comps: dict[str, dict[str, Any]], **limits: Any) -> Any:
+    return config_from_mapping({
+        "daemon": {"state_dir": str(state), "cache_dir": str(ROOT / "state" / "cache")},
+        "limits": {"max_chunk_size": "4MiB", "call_timeout": "60s", "instance_memory": "256MiB", **limits},
+        "containers": {"local": {"kind": "file", "root": str(folder)}},
+        "components": comps,
+    }, file="bench")
+
+
+GUEST = {"component": str(ROOT / "build" / "guests" / "touch.wasm"),
+         "core": str(ROOT / "build" / "guests" / "core_probe.wasm")}
+
+
+def job_args(kind: str, name: str, chunk: int) -> list[str]:
+    return ["local", name, str(chunk)] if kind == "component" else ["local", name, str(chunk), "1", "-1", "quiet"]
+
+
+def raw_read(path: Path, chunk: int) -> float:
+    buf = bytearray(chunk)
+    mv = memoryview(buf)
+    size = path.stat().st_size
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(mv):
+            pass
+    return mbps(size, time.perf_counter() - t)
+
+
+async def chunkd_path(rt: Runtime, kind: str, name: str, size: int, chunk: int) -> float:
+    t = time.perf_counter()
+    job = await rt.run(kind, job_args(kind, name, chunk))
+    dt = time.perf_counter() - t
+    if job.state != "completed":
+        raise RuntimeError(f"{kind} job failed: {job.error}")
+    return mbps(size, dt)
+
+
+async def on_instance(rt: Runtime, comp: str, fn: Any) -> Any:
+    pool = rt.pools[comp]
+    inst = await pool.acquire()
+    try:
+        return await inst._on_thread(fn, inst)
+    finally:
+        pool.release(inst)
+
+
+def stock_calls(inst: Any, chunk: int, total_bytes: int) -> float:
+    """wasmtime-py as shipped: Func.__call__ and its per-byte list conversion."""
+    stock_to, stock_from = values.stock_conversions()
+    fast_to, fast_from = ListType.convert_to_c, ListType.convert_from_c
+    data = os.urandom(chunk)
+    n = max(1, total_bytes // chunk)
+    ListType.convert_to_c, ListType.convert_from_c = stock_to, stock_from  # type: ignore[method-assign]
+    try:
+        t = time.perf_counter()
+        for i in range(n):
+            inst._begin_call()
+            inst._call("handle-chunk", ResourceHost.borrow(1, STREAM_RESOURCE_ID), 1, i, n, data)
+        return mbps(n * chunk, time.perf_counter() - t)
+    finally:
+        ListType.convert_to_c, ListType.convert_from_c = fast_to, fast_from  # type: ignore[method-assign]
+
+
+def c_api_ceiling(inst: Any, chunk: int, total_bytes: int) -> float:
+    """wasmtime_component_func_call alone: every argument prebuilt once, reused."""
+    func = inst._funcs["handle-chunk"]
+    store = inst._store
+    p = (ffi.wasmtime_component_val_t * 5)()
+    p[0].kind = ffi.WASMTIME_COMPONENT_RESOURCE
+    p[0].of.resource = ResourceHost.borrow(1, STREAM_RESOURCE_ID).to_any(store)._consume()
+    for i in (1, 2, 3):
+        p[i].kind = ffi.WASMTIME_COMPONENT_U64
+        p[i].of.u64 = 1
+    values.lower_bytes(os.urandom(chunk), ctypes.pointer(p[4]))
+    res = ffi.wasmtime_component_val_t()
+    n = max(1, total_bytes // chunk)
+    try:
+        t = time.perf_counter()
+        for _ in range(n):
+            inst._begin_call()
+            err = ffi.wasmtime_component_func_call(ctypes.byref(func._func), store._context(), p, 5,
+                                                   ctypes.byref(res), 1)
+            assert not err, "ceiling call failed"
+            ffi.wasmtime_component_func_post_return(ctypes.byref(func._func), store._context())
+        return mbps(n * chunk, time.perf_counter() - t)
+    finally:
+        for i in (0, 4):
+            ffi.wasmtime_component_val_delete(ctypes.byref(p[i]))
+
+
+def direct_core_call_us(inst: Any, chunk: int, calls: int) -> float:
+    data = os.urandom(chunk)
+    t = time.perf_counter()
+    for i in range(calls):
+        inst._guarded("bench", inst._handle_chunk, 1, 0, i, 0, data)
+    return (time.perf_counter() - t) / calls * 1e6
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from chunkd.logging import configure_logging
+    configure_logging("console", "warning", stream=sys.stderr)
+    size = (64 if args.quick else 512) * MiB
+    stock_bytes = (256 * 1024) if args.quick else 2 * MiB
+    ceiling_bytes = (16 if args.quick else 64) * MiB
+    tmp = Path(tempfile.mkdtemp(prefix="chunkd-bench-"))
+    folder = tmp / "blobs"
+    folder.mkdir()
+    (folder / "blob.bin").write_bytes(os.urandom(size))
+    (folder / "blob2.bin").write_bytes((folder / "blob.bin").read_bytes())
+    (folder / "small.bin").write_bytes(os.urandom(64 * 1024))
+    with open(folder / "blob.bin", "rb") as f:  # into the page cache
+        while f.read(8 * MiB):
+            pass
+    cases: list[dict[str, Any]] = []
+    ceiling: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+
+    rt = Runtime(config(folder, tmp / "state", {
+        "component": {"path": GUEST["component"], "prefetch_chunks": 2},
+        "core": {"path": GUEST["core"], "prefetch_chunks": 2}}))
+    await rt.start()
+    try:
+        for chunk in SIZES:
+            cases.append({"path": "raw", "chunk_size": chunk,
+                          "mb_per_s": round(max(raw_read(folder / "blob.bin", chunk) for _ in range(3)), 1)})
+            stock = await on_instance(rt, "component", lambda i, c=chunk: stock_calls(i, c, max(stock_bytes, c)))
+            cases.append({"path": "stock", "chunk_size": chunk, "mb_per_s": round(stock, 2),
+                          "bytes_measured": max(stock_bytes, chunk)})
+            ceil = await on_instance(rt, "component", lambda i, c=chunk: c_api_ceiling(i, c, ceiling_bytes))
+            ceiling[str(chunk)] = round(ceil, 1)
+            comp = await chunkd_path(rt, "component", "blob.bin", size, chunk)
+            cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
+            core = max([await chunkd_path(rt, "core", "blob.bin", size, chunk) for _ in range(2)])
+            cases.append({"path": "core", "chunk_size": chunk, "mb_per_s": round(core, 1)})
+            print(f"  {chunk:>8} B: raw {cases[-4]['mb_per_s']} stock {cases[-3]['mb_per_s']} ceiling {ceil:.1f} "
+                  f"component {comp:.1f} core {core:.1f} MB/s", file=sys.stderr)
+
+        # scheduling: 1,000 concurrent small streams (64 KiB, 4 KiB chunks) on the core path
+        streams, chunk = 1000, 4096
+        per_call_us = await on_instance(rt, "core", lambda i: direct_core_call_us(i, chunk, 4000))
+        t = time.perf_counter()
+        job = await rt.run("core", ["many", "local", "small.bin", str(chunk), str(streams)])
+        wall = time.perf_counter() - t
+        chunks = sum(d.stats.chunks for d in job.deliveries)
+        assert job.state == "completed" and chunks == streams * 16, (job.state, job.error, chunks)
+        sched_us = wall / chunks * 1e6 - per_call_us
+        notes["sched"] = {"streams": streams, "chunks": chunks, "wall_s": round(wall, 3),
+                          "per_chunk_total_us": round(wall / chunks * 1e6, 1),
+                          "guest_call_us": round(per_call_us, 1),
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    finally:
+        await rt.close()
+
+    # pacing error on the core path (fast enough to be held back by the pacer)
+    rate = 128 * MiB
+    paced_size = (32 if args.quick else 128) * MiB
+    (folder / "paced.bin").write_bytes(os.urandom(paced_size))
+    rt = Runtime(config(folder, tmp / "state", {"core": {"path": GUEST["core"], "max_bytes_per_second": rate}}))
+    await rt.start()
+    try:
+        t = time.perf_counter()
+        job = await rt.run("core", job_args("core", "paced.bin", MiB))
+        wall = time.perf_counter() - t
+        expected = (paced_size - MiB) / rate  # the first chunk goes at once
+        pacing_error = abs(wall - expected) / expected * 100
+        notes["pacing"] = {"rate_bytes_per_s": rate, "bytes": paced_size, "expected_s": round(expected, 3),
+                           "measured_s": round(wall, 3)}
+    finally:
+        await rt.close()
+
+    # 1 vs 2 instance threads, component path, 1 MiB chunks
+    rt = Runtime(config(folder, tmp / "state", {"component": {"path": GUEST["component"], "instances": 2},
+                                                "core": {"path": GUEST["core"], "instances": 2}}))
+    await rt.start()
+    try:
+        speed: dict[str, float] = {}
+        for kind in ("component", "core"):
+            one = await chunkd_path(rt, kind, "blob.bin", size, MiB)
+            t = time.perf_counter()
+            jobs = [rt.submit(kind, job_args(kind, n, MiB)) for n in ("blob.bin", "blob2.bin")]
+            await asyncio.gather(*(j.done.wait() for j in jobs))
+            two = mbps(2 * size, time.perf_counter() - t)
+            assert all(j.state == "completed" for j in jobs)
+            speed[kind] = two / one
+            notes[f"threads_{kind}"] = {"one_mb_per_s": round(one, 1), "two_mb_per_s": round(two, 1)}
+    finally:
+        await rt.close()
+
+    result = {
+        "blob_bytes": size,
+        "cases": cases,
+        "c_api_ceiling_mb_per_s": ceiling,
+        "sched_overhead_us": round(sched_us, 1),
+        "pacing_error_pct": round(pacing_error, 2),
+        "threads_speedup": round(speed["component"], 2),
+        "threads_speedup_core": round(speed["core"], 2),
+        "notes": notes,
+    }
+    print_table(result)
+    return result
+
+
+def print_table(r: dict[str, Any]) -> None:
+    raw = {c["chunk_size"]: c["mb_per_s"] for c in r["cases"] if c["path"] == "raw"}
+    print(f"\nchunkd data paths, {r['blob_bytes'] // MiB} MiB blob from page cache, guests touch every byte")
+    print(f"{'path':<12}{'chunk':>10}{'MB/s':>12}{'x raw':>9}")
+    for c in r["cases"]:
+        print(f"{c['path']:<12}{c['chunk_size']:>10}{c['mb_per_s']:>12.1f}{c['mb_per_s'] / raw[c['chunk_size']]:>9.3f}")
+    for k, v in r["c_api_ceiling_mb_per_s"].items():
+        comp = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "component" and str(c["chunk_size"]) == k)
+        stock = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "stock" and str(c["chunk_size"]) == k)
+        print(f"C-API ceiling {k:>8}: {v:8.1f} MB/s; component path = {comp / v * 100:5.1f}% of it, "
+              f"{comp / stock:6.1f}x stock")
+    s = r["notes"]["sched"]
+    print(f"scheduling overhead: {r['sched_overhead_us']} us/chunk ({s['streams']} streams, {s['chunks']} chunks, "
+          f"{s['per_chunk_total_us']} us total - {s['guest_call_us']} us guest call); peak RSS {s['peak_rss_mb']} MB")
+    print(f"pacing error: {r['pacing_error_pct']}% ({r['notes']['pacing']})")
+    print(f"threads: component {r['threads_speedup']}x {r['notes']['threads_component']}, "
+          f"core {r['threads_speedup_core']}x {r['notes']['threads_core']}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="64 MiB instead of 512 MiB, smaller samples")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "run.json"))
+    a = ap.parse_args()
+    res = asyncio.run(main(a))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(f"wrote {a.json}")
