@@ -50,8 +50,17 @@ class Job:
     requests: list[StreamRequest] = field(default_factory=list)
     requests_lock: threading.Lock = field(default_factory=threading.Lock)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_streams: collections.deque["Delivery"] = field(default_factory=collections.deque)
+    open_streams: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
+
+    def mark_ready(self, d: "Delivery") -> None:
+        """A stream has something to deliver: queue it once for the delivery loop."""
+        if not d.in_ready:
+            d.in_ready = True
+            self.ready_streams.append(d)
+        self.ready.set()
 
     def take_requests(self) -> list[StreamRequest]:
         with self.requests_lock:

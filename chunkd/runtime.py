@@ -48,6 +48,8 @@ class NotAccepting(ChunkdError):
 
 
 MAX_FINISHED_IN_MEMORY = 1000
+BATCH_CHUNKS = 64  # handle-chunk calls per trip to the instance thread
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 def _fingerprint(cfg: ComponentConfig) -> tuple[Any, ...]:
@@ -71,6 +73,8 @@ class InstancePool:
         self._next_index = 0
         self.replaced = 0
         self.fingerprint = _fingerprint(cfg)
+        m = runtime.metrics  # this component's labelled series, looked up once
+        self.meters = (m.handle_seconds.labels(comp.name), m.chunks.labels(comp.name), m.bytes.labels(comp.name))
         self.retired = False
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -467,62 +471,94 @@ class Runtime:
                          chunk_size=req.chunk_size, start=req.start,
                          prefetch=self.pools[job.component].cfg.prefetch_chunks, budget=self.budget,
                          retries=lim.source_retries, backoff_s=lim.source_retry_backoff_s,
-                         ready=job.ready, job_id=job.id)
+                         on_ready=job.mark_ready, job_id=job.id)
             job.deliveries.append(d)
+            job.open_streams += 1
             d.log.info("stream_started", chunk_size=d.chunk_size, size=d.size, total_chunks=d.total_chunks,
                        start_offset=d.start)
             d.begin()
 
     async def _deliver(self, job: Job, inst: GuestInstance, pool: InstancePool) -> None:
-        """Round-robin over the job's streams, one handle-chunk at a time."""
-        turn = 0
+        """Round-robin over the job's streams that have a chunk ready (O(1) per chunk).
+
+        Chunks already read ahead go to the instance thread in small batches, one
+        handle-chunk call after another, so a thread hop is paid per batch rather than
+        per chunk; a paced component gets one chunk per hop."""
         while True:
             self._schedule_requests(job)
             if job.cancel_requested:
                 await self._end_all(job, inst, values.CANCELLED, tell_guest=True)
                 return
-            active = [d for d in job.deliveries if d.outcome is None]
-            if not active:
+            if job.open_streams == 0:
                 return
-            picked: Delivery | None = None
-            for k in range(len(active)):
-                d = active[(turn + k) % len(active)]
-                if d.queue:
-                    picked, turn = d, turn + k + 1
-                    break
-            if picked is None:
+            if not job.ready_streams:
                 job.ready.clear()
-                if any(d.queue for d in active) or job.requests:
+                if job.ready_streams or job.requests:
                     continue
                 await job.ready.wait()
                 continue
-            item = picked.queue.popleft()
-            if isinstance(item, End):
-                await self._end(inst, picked, item.end, tell_guest=True)
-                continue
-            await self._deliver_chunk(inst, pool, picked, item)
+            batch: list[tuple[Delivery, Chunk]] = []
+            nbytes = 0
+            limit = 1 if pool.pacer.rate > 0 else BATCH_CHUNKS
+            while job.ready_streams and len(batch) < limit and nbytes < BATCH_BYTES:
+                d = job.ready_streams[0]
+                if d.outcome is not None or not d.queue:
+                    job.ready_streams.popleft()
+                    d.in_ready = False
+                    continue
+                if isinstance(d.queue[0], End):
+                    if batch:
+                        break  # ends are told after the chunks before them
+                    job.ready_streams.popleft()
+                    d.in_ready = False
+                    end = d.queue.popleft()
+                    assert isinstance(end, End)
+                    await self._end(inst, d, end.end, tell_guest=True)
+                    break
+                job.ready_streams.popleft()
+                d.in_ready = False
+                item = d.queue.popleft()
+                assert isinstance(item, Chunk)
+                if d.queue:  # more ready: back of the line, after the other streams
+                    job.mark_ready(d)
+                batch.append((d, item))
+                nbytes += len(item.data)
+            if batch:
+                await self._deliver_batch(inst, pool, batch)
 
-    async def _deliver_chunk(self, inst: GuestInstance, pool: InstancePool, d: Delivery, chunk: Chunk) -> None:
-        await pool.pacer.take(len(chunk.data))
-        t0 = time.perf_counter()
-        try:
-            more = await inst.handle_chunk(d.stream, d.correlation_id, chunk.index, d.total_chunks, chunk.data)
-        finally:
-            d.consumed(chunk)
-        name = pool.comp.name
-        self.metrics.handle_seconds.labels(name).observe(time.perf_counter() - t0)
-        self.metrics.chunks.labels(name).inc()
-        self.metrics.bytes.labels(name).inc(len(chunk.data))
-        if not more:
-            await self._end(inst, d, values.CANCELLED, tell_guest=True)
-        elif d.is_last(chunk):
-            await self._end(inst, d, values.COMPLETED, tell_guest=True)
+    async def _deliver_batch(self, inst: GuestInstance, pool: InstancePool,
+                             batch: list[tuple[Delivery, Chunk]]) -> None:
+        if pool.pacer.rate > 0:
+            await pool.pacer.take(sum(len(c.data) for _, c in batch))
+        calls = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data) for d, c in batch]
+        answers, seconds, error = await inst.handle_chunks(calls)
+        m_seconds, m_chunks, m_bytes = pool.meters
+        for (d, c), more, took in zip(batch, answers + [None] * (len(batch) - len(answers)),
+                                      seconds + [0.0] * (len(batch) - len(seconds)), strict=True):
+            if more is None:  # not delivered: the stream ended earlier in the batch, or the guest trapped
+                d.discard(c)
+                continue
+            d.consumed(c)
+            m_seconds.observe(took)
+            m_chunks.inc()
+            m_bytes.inc(len(c.data))
+            if d.outcome is not None:
+                continue
+            if not more:
+                await self._end(inst, d, values.CANCELLED, tell_guest=error is None)
+            elif d.is_last(c):
+                await self._end(inst, d, values.COMPLETED, tell_guest=error is None)
+        if error is not None:
+            raise error
 
     async def _end(self, inst: GuestInstance, d: Delivery, end: values.StreamEnd, *, tell_guest: bool) -> None:
         if d.outcome is not None:
             return
         d.outcome = end
         d.stats.ended_at = time.time()
+        job = inst.job
+        if job is not None and d.job_id == job.id:
+            job.open_streams -= 1
         await d.stop()
         inst.active_cids.discard(d.correlation_id)
         inst.forget_stream(d.stream)

@@ -143,7 +143,7 @@ class Delivery:
 
     def __init__(self, *, inst: "GuestInstance", stream: "HostStream", correlation_id: int, chunk_size: int,
                  start: int, prefetch: int, budget: BufferBudget, retries: int, backoff_s: float,
-                 ready: asyncio.Event, job_id: str) -> None:
+                 on_ready: "Callable[[Delivery], None]", job_id: str) -> None:
         self.inst = inst
         self.stream = stream
         self.correlation_id = correlation_id
@@ -164,7 +164,8 @@ class Delivery:
         preferred = int(getattr(stream.blob, "read_unit", 0) or 0)
         self.unit = max(chunk_size, (preferred // chunk_size) * chunk_size)
         self._slots = asyncio.Semaphore(max(1, -(-prefetch * chunk_size // self.unit)))
-        self._ready = ready
+        self._on_ready = on_ready
+        self.in_ready = False  # queued in the job's ready_streams
         self.stats = StreamStats()
         self.outcome: values.StreamEnd | None = None
         self.task: asyncio.Task[None] | None = None
@@ -189,7 +190,7 @@ class Delivery:
 
     def _push(self, item: Chunk | End) -> None:
         self.queue.append(item)
-        self._ready.set()
+        self._on_ready(self)
 
     async def _read(self, offset: int, length: int) -> bytes:
         def on_retry(attempt: int, delay: float, e: SourceError) -> None:
@@ -251,6 +252,12 @@ class Delivery:
             self._slots.release()
         self.stats.chunks += 1
         self.stats.bytes += len(chunk.data)
+
+    def discard(self, chunk: Chunk) -> None:
+        """A chunk taken from the queue but never delivered: give its room back."""
+        self.budget.release(chunk.reserved)
+        if chunk.unit_end:
+            self._slots.release()
 
     def is_last(self, chunk: Chunk) -> bool:
         if self.size is None:

@@ -22,7 +22,9 @@ import ctypes
 import struct
 from typing import Any, Callable
 
-from wasmtime import Func, FuncType, Linker, Memory, Store, ValType, WasmtimeError
+from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, ValType, WasmtimeError
+from wasmtime import _ffi as ffi
+from wasmtime._func import maybe_raise_last_exn
 
 from chunkd.host import values
 from chunkd.host.component import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
@@ -62,13 +64,63 @@ EXPORT_HANDLE = f"{HANDLER_IFACE}#handle-chunk"
 EXPORT_ENDED = f"{EVENTS_IFACE}#stream-ended"
 
 
+_KINDS = {"i32": ffi.WASMTIME_I32.value, "i64": ffi.WASMTIME_I64.value}
+
+
+class RawFunc:
+    """A core export called through wasmtime_func_call with a prepared argument array
+    (i32/i64 only): about 2 us a call instead of ~30 us through Func.__call__, which
+    rebuilds the function type and converts every value on each call."""
+
+    def __init__(self, func: Func, store: Store, name: str) -> None:
+        ty = func.type(store)
+        kinds = [str(t) for t in ty.params]
+        results = [str(t) for t in ty.results]
+        if any(k not in _KINDS for k in kinds) or len(results) > 1 or any(r not in _KINDS for r in results):
+            raise AbiViolation(f"core export {name} has an unexpected type ({kinds}) -> ({results})")
+        self._func = func
+        self._fref = ctypes.byref(func._func)
+        self._ctx = store._context()
+        self._n = len(kinds)
+        self._params = (ffi.wasmtime_val_t * max(1, self._n))()
+        self._is64 = [k == "i64" for k in kinds]
+        for i, k in enumerate(kinds):
+            self._params[i].kind = _KINDS[k]  # type: ignore[assignment]
+        self._nres = len(results)
+        self._results = (ffi.wasmtime_val_t * max(1, self._nres))()
+        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+
+    def __call__(self, *args: int) -> int:
+        p = self._params
+        for i, a in enumerate(args):
+            if self._is64[i]:
+                p[i].of.i64 = a
+            else:
+                p[i].of.i32 = a
+        err = ffi.wasmtime_func_call(self._ctx, self._fref, p, self._n, self._results, self._nres,
+                                     ctypes.byref(self._trap))
+        if self._trap:
+            trap = Trap._from_ptr(self._trap)
+            self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+            maybe_raise_last_exn()
+            raise trap
+        if err:
+            error = WasmtimeError._from_ptr(err)
+            maybe_raise_last_exn()
+            raise error
+        if not self._nres:
+            return 0
+        r = self._results[0]
+        return int(r.of.i64 if r.kind == ffi.WASMTIME_I64.value else r.of.i32)
+
+
 class CoreInstance(InstanceBase):
     kind = "core"
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._mem: Memory | None = None
-        self._exports: dict[str, Func] = {}
+        self._exports: dict[str, RawFunc] = {}
 
     def _drop_store(self) -> None:
         self._exports.clear()
@@ -103,9 +155,9 @@ class CoreInstance(InstanceBase):
                      f"cabi_post_{EXPORT_HANDLE}", "_initialize"):
             f = exports.get(name)
             if isinstance(f, Func):
-                self._exports[name] = f
+                self._exports[name] = RawFunc(f, store, name)
         if "_initialize" in self._exports:  # a reactor's constructors
-            self._guarded("_initialize", self._exports["_initialize"], self._st)
+            self._guarded("_initialize", self._exports["_initialize"])
 
     @property
     def _st(self) -> Store:
@@ -135,7 +187,7 @@ class CoreInstance(InstanceBase):
         realloc = self._exports.get("cabi_realloc")
         if realloc is None:
             raise AbiViolation("core guest exports no cabi_realloc")
-        ptr = int(realloc(self._st, 0, 0, align, n))
+        ptr = realloc(0, 0, align, n) & 0xFFFFFFFF
         self._span(ptr, n)
         return ptr
 
@@ -195,7 +247,7 @@ class CoreInstance(InstanceBase):
 
     # --- exports ---------------------------------------------------------------------------
 
-    def _export(self, name: str) -> Func:
+    def _export(self, name: str) -> RawFunc:
         f = self._exports.get(name)
         if f is None:
             raise AbiViolation(f"core guest does not export {name}")
@@ -206,24 +258,23 @@ class CoreInstance(InstanceBase):
         for i, a in enumerate(args):
             p, n = self._lower_str(a)
             self._pack(arr + 8 * i, "II", p, n)
-        retp = int(self._export(EXPORT_INVOKE)(self._st, arr, len(args)))
+        retp = self._export(EXPORT_INVOKE)(arr, len(args)) & 0xFFFFFFFF
         disc, sp, sn = struct.unpack("<BxxxII", self._get(retp, 12))
         if disc not in (0, 1):
             raise AbiViolation(f"invoke returned result discriminant {disc}")
         text = self._str(sp, sn)
         post = self._exports.get(f"cabi_post_{EXPORT_INVOKE}")
         if post is not None:
-            post(self._st, retp)
+            post(retp)
         return disc == 0, text
 
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
         p = self._alloc(len(data), 1)
         self._put(p, data)
-        r = self._export(EXPORT_HANDLE)(self._st, handle, _s64(correlation_id), _s64(current), _s64(total),
-                                       p, len(data))
+        r = self._export(EXPORT_HANDLE)(handle, _s64(correlation_id), _s64(current), _s64(total), p, len(data))
         post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
         if post is not None:
-            post(self._st, r)
+            post(r)
         return bool(r)
 
     @property
@@ -232,4 +283,4 @@ class CoreInstance(InstanceBase):
 
     def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         p, n = self._lower_str(end.reason) if end.kind == "failed" else (0, 0)
-        self._export(EXPORT_ENDED)(self._st, _s64(correlation_id), end.discriminant, p, n)
+        self._export(EXPORT_ENDED)(_s64(correlation_id), end.discriminant, p, n)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
@@ -172,6 +173,34 @@ class InstanceBase:
                            data: bytes) -> bool:
         return await self._on_thread(self._guarded, "handle-chunk", self._handle_chunk, stream.handle,
                                      correlation_id, current, total, data)
+
+    async def handle_chunks(self, calls: list[tuple[int, int, int, int, bytes]]
+                            ) -> tuple[list[bool | None], list[float], GuestTrap | None]:
+        """Several handle-chunk calls in one trip to the instance thread, in order.
+
+        Returns one answer per call made (None: skipped, because an earlier call of the
+        batch answered false for that correlation-id), each call's duration, and the
+        trap that stopped the batch, if any (later calls are not made)."""
+        def run() -> tuple[list[bool | None], list[float], GuestTrap | None]:
+            answers: list[bool | None] = []
+            seconds: list[float] = []
+            stopped: set[int] = set()
+            for handle, cid, current, total, data in calls:
+                if cid in stopped:
+                    answers.append(None)
+                    seconds.append(0.0)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    more = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, data)
+                except GuestTrap as e:
+                    return answers, seconds, e
+                seconds.append(time.perf_counter() - t0)
+                answers.append(more)
+                if not more:
+                    stopped.add(cid)
+            return answers, seconds, None
+        return await self._on_thread(run)
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:

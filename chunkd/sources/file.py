@@ -5,6 +5,7 @@ resolve outside the root are refused.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from concurrent.futures import Executor
@@ -20,10 +21,12 @@ from chunkd.errors import BlobNotFound, NameRefused, SourceError
 class FileBlob:
     """A regular file (size known), or a named pipe (size unknown, read in order)."""
 
-    def __init__(self, f: aiofiles.threadpool.binary.AsyncBufferedReader, size: int | None) -> None:
+    def __init__(self, f: aiofiles.threadpool.binary.AsyncBufferedReader, size: int | None,
+                 executor: Executor | None = None) -> None:
         self._f = f
         self._size = size
         self._pos = 0
+        self._executor = executor
 
     @property
     def size(self) -> int | None:
@@ -34,8 +37,9 @@ class FileBlob:
             return b""
         try:
             if self._size is not None:
-                await self._f.seek(offset)
-                return await self._f.read(min(length, self._size - offset))
+                # one positional read, one thread hop (seek + read would be two)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, os.pread, self._f.fileno(), min(length, self._size - offset), offset)
             if offset != self._pos:
                 raise SourceError(f"a pipe can only be read in order (at {self._pos}, asked for {offset})")
             parts: list[bytes] = []
@@ -98,7 +102,7 @@ class FileContainer:
             raise SourceError(f"cannot open {name!r}: {e.strerror or e}") from None
         if size is not None:
             size = os.fstat(f.fileno()).st_size  # the file we actually opened
-        return FileBlob(f, size)
+        return FileBlob(f, size, self._executor)
 
     async def close(self) -> None:
         pass
