@@ -100,13 +100,16 @@ def tune_allocator() -> bool:
     Lists built per call are 32 bytes per payload byte; with the default
     thresholds every such call maps and unmaps them and page-faults its way
     through (PERF-BASELINE: ~20,000 faults per 1 MiB call). Same effect as
-    MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, set at start."""
+    MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_/MALLOC_ARENA_MAX=1, set at start."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
         ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
-        return bool(ok and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1)
+        ok = libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
+        # worker threads would otherwise get arenas of at most 64 MiB, from which a list
+        # of 32 bytes per payload byte cannot come: glibc then mmaps it on every call
+        return libc.mallopt(m_arena_max, 1) == 1 and ok
     except (OSError, AttributeError):
         return False
