@@ -125,7 +125,11 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
 
     out = out or sys.stdout
     log = structlog.get_logger("chunkd.cli")
-    runtime = Runtime(config)
+    if component not in config.components:
+        print(f"chunkd: no component named {component!r} (configured: {', '.join(sorted(config.components)) or 'none'})",
+              file=sys.stderr)
+        return EXIT_JOB_FAILED
+    runtime = Runtime(config, only={component})
 
     def echo(job: Job | None, comp: str, fd: str, line: str) -> None:
         if fd == "stdout":

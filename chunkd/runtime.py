@@ -149,8 +149,9 @@ async def _close_quietly(blob: Blob) -> None:
 class Runtime:
     """Implements HostServices for instances and runs jobs."""
 
-    def __init__(self, config: Config, store: JobStore | None = None) -> None:
+    def __init__(self, config: Config, store: JobStore | None = None, *, only: set[str] | None = None) -> None:
         self.config = config
+        self.only = only  # load just these components (a one-shot `chunkd run` needs one)
         self.store = store
         self.metrics = Metrics()
         self.accepting = True
@@ -191,11 +192,13 @@ class Runtime:
         """Pools for `config`, reusing those in `keep` whose config and file are unchanged."""
         engine = self.engine
         assert engine is not None
-        todo = {n: c for n, c in config.components.items()
+        wanted = {n: c for n, c in config.components.items() if self.only is None or n in self.only}
+        todo = {n: c for n, c in wanted.items()
                 if n not in keep or keep[n].fingerprint != _fingerprint(c) or keep[n].retired}
-        comps = await asyncio.gather(*(
-            self.loop.run_in_executor(None, load_component, engine, name, c.path) for name, c in todo.items()))
-        pools = {n: keep[n] for n in config.components if n not in todo}
+        # one at a time: compiling a large component takes hundreds of MB while it runs
+        comps = [await self.loop.run_in_executor(None, load_component, engine, name, c.path)
+                 for name, c in todo.items()]
+        pools = {n: keep[n] for n in wanted if n not in todo}
         started: list[InstancePool] = []
         try:
             for comp in comps:
