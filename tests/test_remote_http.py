@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest

@@ -119,7 +119,8 @@ def test_max_attempts_bounds_reruns(server: Callable[..., Server], tmp_path: Pat
     _blob(tmp_path, "big.bin", 16 * 1024 * 1024)
     s = server(daemon="max_attempts = 1")
     job = s.submit("paced", ["local", "big.bin"])
-    wait_for(lambda: s.job(job)["state"] == "running", 30, what="running")
+    # chunks flowing: the attempt was persisted before the guest was first called
+    wait_for(lambda: (st := s.job(job)["streams"]) and st[0]["chunks"] >= 1, 30, what="first chunks")
     assert s.proc is not None
     s.proc.kill()
     s.proc.wait(10)

@@ -169,11 +169,6 @@ class InstanceBase:
     async def invoke(self, args: list[str]) -> tuple[bool, str]:
         return await self._on_thread(self._guarded, "invoke", self._invoke, args)
 
-    async def handle_chunk(self, stream: HostStream, correlation_id: int, current: int, total: int,
-                           data: bytes) -> bool:
-        return await self._on_thread(self._guarded, "handle-chunk", self._handle_chunk, stream.handle,
-                                     correlation_id, current, total, data)
-
     async def handle_chunks(self, calls: list[tuple[int, int, int, int, bytes]]
                             ) -> tuple[list[bool | None], list[float], GuestTrap | None]:
         """Several handle-chunk calls in one trip to the instance thread, in order.
