@@ -77,7 +77,7 @@ async def test_throttling_5xx_and_drops_are_retried(harness, s3: Any, proxy: Fau
 
 async def test_object_replaced_mid_stream_fails(harness, s3: Any, moto_url: str) -> None:
     s3.put_object(Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
-    async with harness(containers=bucket(moto_url), components={"probe": {"max_bytes_per_second": 4 * MiB}}) as h:
+    async with harness(containers=bucket(moto_url), components={"probe": {"max_bytes_per_second": 2 * MiB}}) as h:
         job = h.runtime.submit("probe", ["open s bkt r.bin", "start s 65536 1"])
         while not job.deliveries or job.deliveries[0].stats.chunks < 1:
             await asyncio.sleep(0.01)
