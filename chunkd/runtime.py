@@ -536,6 +536,8 @@ class Runtime:
         calls = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data) for d, c in batch]
         answers, seconds, error = await inst.handle_chunks(calls)
         m_seconds, m_chunks, m_bytes = pool.meters
+        ends: list[tuple[Delivery, values.StreamEnd]] = []
+        # account for every chunk of the batch first: an end told to the guest may trap
         for (d, c), more, took in zip(batch, answers + [None] * (len(batch) - len(answers)),
                                       seconds + [0.0] * (len(batch) - len(seconds)), strict=True):
             if more is None:  # not delivered: the stream ended earlier in the batch, or the guest trapped
@@ -545,12 +547,12 @@ class Runtime:
             m_seconds.observe(took)
             m_chunks.inc()
             m_bytes.inc(len(c.data))
-            if d.outcome is not None:
-                continue
             if not more:
-                await self._end(inst, d, values.CANCELLED, tell_guest=error is None)
+                ends.append((d, values.CANCELLED))
             elif d.is_last(c):
-                await self._end(inst, d, values.COMPLETED, tell_guest=error is None)
+                ends.append((d, values.COMPLETED))
+        for d, end in ends:
+            await self._end(inst, d, end, tell_guest=error is None)
         if error is not None:
             raise error
 

@@ -144,3 +144,16 @@ async def test_component_without_stream_ended_export(harness, blobs: Path) -> No
         assert job.deliveries[0].outcome is not None and job.deliveries[0].outcome.kind == "cancelled"
         full = await h.run("cancel_after", ["local", "a.bin", "10000", "100"])
         assert full.state == COMPLETED
+
+
+async def test_trap_in_stream_ended_loses_no_budget(harness, blobs: Path) -> None:
+    make_blob(blobs, "small.bin", 3000)
+    make_blob(blobs, "big.bin", 4 * 1024 * 1024, seed=4)
+    async with harness(limits={"max_buffered_bytes": "1MiB"}) as h:
+        job = await h.run("probe", ["open a local small.bin", "start a 1000 1", "trapend 1",
+                                    "open b local big.bin", "start b 65536 2"])
+        assert job.state == FAILED and "stream-ended trapped" in (job.error or "")
+        assert all(d.outcome is not None for d in job.deliveries)
+        assert h.runtime.budget.in_use == 0 and h.runtime.active_streams == 0
+        again = await h.run("probe", ["open b local big.bin", "start b 65536 2"])
+        assert again.state == COMPLETED

@@ -13,6 +13,7 @@ Commands (one per arg, words split by spaces):
   readin CID N                  call read on the borrowed stream at chunk N
   restart CID N                 call start-chunking-read again on it at chunk N
   nested CID N CONTAINER NAME CHUNK NEWCID   start another stream at chunk N
+  trapend CID                   raise (trap) in stream-ended for CID
   fail                          invoke returns an error (after earlier commands)
   loop-invoke                   loop forever inside invoke
 Every observation is printed to stdout, one line each.
@@ -26,6 +27,7 @@ from componentize_py_types import Err
 
 slots: dict = {}
 actions: dict = {}  # (cid, chunk) -> list of commands
+trap_on_end: set = set()
 digests: dict = {}
 
 
@@ -72,6 +74,8 @@ class Trigger(exports.Trigger):
                 actions.setdefault((int(w[1]), int(w[2])), []).append([op])
             elif op == "nested":
                 actions.setdefault((int(w[1]), int(w[2])), []).append(["nested"] + w[3:])
+            elif op == "trapend":
+                trap_on_end.add(int(w[1]))
             elif op == "fail":
                 raise Err("asked to fail")
             elif op == "loop-invoke":
@@ -117,6 +121,8 @@ class ChunkedStreamHandler(exports.ChunkedStreamHandler):
 
 class ChunkedStreamEvents(exports.ChunkedStreamEvents):
     def stream_ended(self, correlation_id, end):
+        if correlation_id in trap_on_end:
+            raise RuntimeError("probe trap in stream-ended")
         h = digests.pop(correlation_id, hashlib.sha256()).hexdigest()
         if isinstance(end, chunked_stream_events.StreamEnd_Failed):
             print(f"ended {correlation_id} failed {end.value}", flush=True)
