@@ -33,7 +33,7 @@ from wasmtime.component import ListType, ResourceHost  # noqa: E402
 
 from chunkd.config import config_from_mapping  # noqa: E402
 from chunkd.host import values  # noqa: E402
-from chunkd.host.instance import STREAM_RESOURCE_ID  # noqa: E402
+from chunkd.host.component_instance import STREAM_RESOURCE_ID  # noqa: E402
 from chunkd.runtime import Runtime  # noqa: E402
 
 SIZES = [64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
@@ -87,7 +87,7 @@ async def on_instance(rt: Runtime, comp: str, fn: Any) -> Any:
     try:
         return await inst._on_thread(fn, inst)
     finally:
-        pool.release(inst)
+        pool.give_back(inst)
 
 
 def stock_calls(inst: Any, chunk: int, total_bytes: int) -> float:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
+from chunkd.summary import JobSummary, summary_from_record
 
 log = structlog.get_logger("chunkd.api")
 
@@ -101,12 +102,11 @@ async def list_jobs(request: web.Request) -> web.Response:
         return _error(400, "limit must be an integer")
     if not 1 <= limit <= 10000:
         return _error(400, "limit must be between 1 and 10000")
-    live = {j.id: j.summary() for j in rt.jobs.values() if state is None or j.state == state}
+    live: dict[str, JobSummary] = {j.id: j.summary() for j in rt.jobs.values() if state is None or j.state == state}
     if rt.store is not None:
         for rec in await rt.store.recent(limit, state):
-            live.setdefault(rec["id"], {"job_id": rec["id"], "component": rec["component"], "args": rec["args"],
-                                        "state": rec["state"], "attempts": rec["attempts"], "error": rec["error"],
-                                        "created_at": rec["created_at"], "ended_at": rec["ended_at"]})
+            if rec["id"] not in live:
+                live[rec["id"]] = summary_from_record(rec)
     jobs = sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
     return web.json_response({"jobs": jobs})
 

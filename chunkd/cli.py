@@ -14,8 +14,8 @@ import uvloop
 from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.jobs import COMPLETED, Job
+from chunkd.summary import describe
 from chunkd.logging import configure_logging
-from chunkd.units import format_size
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -149,14 +149,8 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
     if as_json:
         print(json.dumps(summary, indent=2), file=out)
     else:
-        inv = summary["invoke"]
-        if inv is not None:
-            print(f"invoke: {'ok' if inv['ok'] else 'error'}: {inv['result']}", file=out)
-        for s in summary["streams"]:
-            print(f"stream {s['correlation_id']} {s['container']}/{s['blob']}: {s['end']}, "
-                  f"{s['chunks']} chunk(s), {format_size(s['bytes'])}", file=out)
-        dur = (job.ended_at or 0) - (job.started_at or job.ended_at or 0)
-        print(f"job {job.id}: {job.state}" + (f" ({job.error})" if job.error else "") + f" in {dur:.2f}s", file=out)
+        for line in describe(summary):
+            print(line, file=out)
     return EXIT_OK if job.state == COMPLETED else EXIT_JOB_FAILED
 
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from chunkd.summary import describe
 from chunkd.units import format_size
 
 EXIT_OK = 0
@@ -90,14 +91,8 @@ async def submit(ep: Endpoint, component: str, args: list[str], *, wait: bool, o
     bar.finish()
     for line in job.get("output", []):
         print(line, file=out)
-    inv = job.get("invoke") or {}
-    if inv:
-        print(f"invoke: {'ok' if inv.get('ok') else 'error'}: {inv.get('result')}", file=out)
-    for st in job["streams"]:
-        print(f"stream {st['correlation_id']} {st['container']}/{st['blob']}: {st['end']}, "
-              f"{st['chunks']} chunk(s), {format_size(st['bytes'])}", file=out)
-    print(f"job {job_id}: {job['state']}" + (f" ({job['error']})" if job.get("error") else "")
-          + f", attempt {job.get('attempts')}", file=out)
+    for line in describe(job):
+        print(line, file=out)
     return _exit_for(job["state"])
 
 

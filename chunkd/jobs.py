@@ -7,14 +7,32 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from chunkd.host.instance import GuestInstance, HostStream
-    from chunkd.scheduler import Delivery
+    from chunkd.delivery import Delivery
+    from chunkd.host.instance import InstanceBase, HostStream
+    from chunkd.summary import JobSummary, StreamSummary
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-FINAL_STATES = (COMPLETED, FAILED, CANCELLED)
+
+class JobState(StrEnum):
+    """A job's state; the string values are what the API and the store show."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (JobState.QUEUED, JobState.RUNNING, JobState.COMPLETED,
+                                                 JobState.FAILED, JobState.CANCELLED)
+FINAL_STATES = frozenset((COMPLETED, FAILED, CANCELLED))
 MAX_OUTPUT_LINES = 1000  # guest stdout lines kept per job (the newest)
 
 
@@ -22,7 +40,7 @@ MAX_OUTPUT_LINES = 1000  # guest stdout lines kept per job (the newest)
 class StreamRequest:
     """A start-chunking-read accepted on an instance thread, not yet scheduled."""
 
-    inst: "GuestInstance"
+    inst: "InstanceBase"
     stream: "HostStream"
     chunk_size: int
     correlation_id: int
@@ -34,7 +52,7 @@ class Job:
     component: str
     args: list[str]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    state: str = QUEUED
+    state: JobState = QUEUED
     invoke_ok: bool | None = None
     invoke_result: str | None = None
     error: str | None = None
@@ -44,7 +62,7 @@ class Job:
     instance: str | None = None
     attempts: int = 0
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_OUTPUT_LINES))
-    past_streams: list[dict[str, Any]] = field(default_factory=list)  # from the store, for finished jobs
+    past_streams: list["StreamSummary"] = field(default_factory=list)  # from the store, for finished jobs
     deliveries: list["Delivery"] = field(default_factory=list)
     # filled from instance threads, drained by the delivery loop
     requests: list[StreamRequest] = field(default_factory=list)
@@ -54,6 +72,7 @@ class Job:
     open_streams: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
+    ends: int = 0  # how often the job ended (the job runner makes it exactly once)
 
     def mark_ready(self, d: "Delivery") -> None:
         """A stream has something to deliver: queue it once for the delivery loop."""
@@ -73,10 +92,10 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.state.final
 
     def record(self) -> dict[str, Any]:
-        """The durable form (see jobstore.py)."""
+        """The durable form (see jobstore.py); its keys are summary.RECORD_KEYS."""
         return {
             "id": self.id, "component": self.component, "args": self.args, "state": self.state,
             "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
@@ -86,7 +105,7 @@ class Job:
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> "Job":
-        job = cls(component=r["component"], args=list(r["args"]), id=r["id"], state=r["state"],
+        job = cls(component=r["component"], args=list(r["args"]), id=r["id"], state=JobState(r["state"]),
                   invoke_ok=r["invoke_ok"], invoke_result=r["invoke_result"], error=r["error"],
                   created_at=r["created_at"], started_at=r["started_at"], ended_at=r["ended_at"],
                   attempts=r["attempts"])
@@ -94,40 +113,12 @@ class Job:
         job.past_streams = list(r["streams"])
         return job
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "job_id": self.id,
-            "component": self.component,
-            "args": self.args,
-            "state": self.state,
-            "attempts": self.attempts,
-            "invoke": None if self.invoke_ok is None else {"ok": self.invoke_ok, "result": self.invoke_result},
-            "error": self.error,
-            "instance": self.instance,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "streams": self.stream_summaries(),
-            "output": list(self.output),
-        }
+    def summary(self) -> "JobSummary":
+        from chunkd.summary import job_summary
+        return job_summary(self)
 
-    def stream_summaries(self) -> list[dict[str, Any]]:
+    def stream_summaries(self) -> list["StreamSummary"]:
         if not self.deliveries:
             return list(self.past_streams)
-        return [
-            {
-                "correlation_id": d.correlation_id,
-                "container": d.stream.container,
-                "blob": d.stream.name,
-                "chunk_size": d.chunk_size,
-                "size": d.size,
-                "total_chunks": d.total_chunks,
-                "chunks": d.stats.chunks,
-                "bytes": d.stats.bytes,
-                "retries": d.stats.retries,
-                "end": None if d.outcome is None else str(d.outcome),
-                "started_at": d.stats.started_at,
-                "ended_at": d.stats.ended_at,
-            }
-            for d in self.deliveries
-        ]
+        from chunkd.summary import stream_summary
+        return [stream_summary(d) for d in self.deliveries]

@@ -1,6 +1,7 @@
 """Prometheus metrics (GET /metrics), one registry per runtime."""
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +39,9 @@ class Metrics:
         gauge("chunkd_buffered_bytes_limit", "max_buffered_bytes", lambda: runtime.budget.limit)
         gauge("chunkd_jobs_queued", "Jobs waiting for an instance", lambda: runtime.queued_jobs)
         gauge("chunkd_jobs_running", "Jobs on an instance now", lambda: runtime.running_jobs)
+        loop = asyncio.get_running_loop()
+        gauge("chunkd_asyncio_tasks", "asyncio tasks alive on the daemon's loop (flat when nothing leaks)",
+              lambda: len(asyncio.all_tasks(loop)))
 
     def value(self, name: str, **labels: str) -> float:
         v = self.registry.get_sample_value(name, labels or None)

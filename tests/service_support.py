@@ -84,16 +84,18 @@ class Server:
     def job(self, job_id: str) -> dict[str, Any]:
         status, body = self.request("GET", f"/v1/jobs/{job_id}")
         assert status == 200, body
-        return body
+        return dict(body)
 
     def submit(self, component: str, args: list[str]) -> str:
         status, body = self.request("POST", "/v1/jobs", {"component": component, "args": args})
         assert status == 202, body
-        return body["job_id"]
+        return str(body["job_id"])
 
     def wait_job(self, job_id: str, timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: (j := self.job(job_id))["state"] in ("completed", "failed", "cancelled") and j,
-                        timeout, 0.1, f"job {job_id} to end")
+        job: dict[str, Any] = wait_for(
+            lambda: (j := self.job(job_id))["state"] in ("completed", "failed", "cancelled") and j,
+            timeout, 0.1, f"job {job_id} to end")
+        return job
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -159,7 +159,7 @@ async def test_headers_from_environment(harness, origin: Origin, monkeypatch: py
     seen: list[str] = []
     orig = origin.handle
 
-    async def spy(request):  # type: ignore[no-untyped-def]
+    async def spy(request):
         seen.append(request.headers.get("Authorization", ""))
         return await orig(request)
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from wasmtime import Config, Engine
 from wasmtime import _ffi as ffi
-from wasmtime.component import Component, ListType, ResultType, U8, VariantType
+from typing import Any
+
+from wasmtime.component import Component, ListType, ResultType, U8, Variant, VariantType
 
 from chunkd.host import values
-from chunkd.host.component import EVENTS_IFACE, TRIGGER_IFACE, TYPES_IFACE, BLOBS_IFACE
+from chunkd.host.wit import EVENTS_IFACE, TRIGGER_IFACE, TYPES_IFACE, BLOBS_IFACE
 
 VAL = ctypes.sizeof(ffi.wasmtime_component_val_t)
 OFF = ffi.wasmtime_component_val_t.of.offset
@@ -27,8 +29,8 @@ def probe_types(guests: dict[str, Path]) -> tuple[Engine, Component]:
     return engine, Component(engine, guests["probe"].read_bytes())
 
 
-def _func(engine: Engine, comp: Component, where: str, iface: str, name: str):  # type: ignore[no-untyped-def]
-    items = comp.type.imports(engine) if where == "import" else comp.type.exports(engine)
+def _func(engine: Engine, comp: Component, where: str, iface: str, name: str) -> Any:
+    items: Any = comp.type.imports(engine) if where == "import" else comp.type.exports(engine)
     return items[iface].ty.exports(engine)[name].ty
 
 
@@ -49,7 +51,7 @@ def test_shapes_match_the_real_types(probe_types: tuple[Engine, Component]) -> N
     end_ty = ended.params[1][1]
     assert end_ty._tagged() and [n for n, _ in end_ty.cases] == ["completed", "cancelled", "failed"]
     # our constructors produce values these types accept
-    store_less = None
+    store_less: Any = None
     for e in (values.err_closed(), values.err_invalid("x"), values.err_failed("y")):
         v = e.to_wit()
         raw = ffi.wasmtime_component_val_t()
@@ -61,8 +63,8 @@ def test_shapes_match_the_real_types(probe_types: tuple[Engine, Component]) -> N
         end_ty.convert_to_c(store_less, end.to_wit(), ctypes.pointer(raw))
         assert end_ty.convert_from_c(raw) == end.to_wit()
         assert [n for n, _ in end_ty.cases][end.discriminant] == end.kind
-    assert values.lift_invoke_result(values.Variant("ok", "fine")) == (True, "fine")
-    assert values.lift_invoke_result(values.Variant("err", "bad")) == (False, "bad")
+    assert values.lift_invoke_result(Variant("ok", "fine")) == (True, "fine")
+    assert values.lift_invoke_result(Variant("err", "bad")) == (False, "bad")
 
 
 def _u8_list_type(probe_types: tuple[Engine, Component]) -> ListType:

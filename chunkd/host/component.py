@@ -8,16 +8,9 @@ from wasmtime import Engine, Module, WasmtimeError
 from wasmtime.component import Component, ComponentInstanceType
 
 from chunkd.errors import ComponentError
+from chunkd.host.wit import (CONSUMER, CONSUMER_WITH_EVENTS, CORE_EXPORTS_REQUIRED, CORE_HOST_FUNCS, EVENTS_IFACE,
+                             EXPORT_ENDED, HANDLER_IFACE, HOST_IMPORTS, TRIGGER_IFACE)
 
-PACKAGE = "chunkd:streams"
-VERSION = "0.1.0"
-TYPES_IFACE = f"{PACKAGE}/types@{VERSION}"
-BLOBS_IFACE = f"{PACKAGE}/blobs@{VERSION}"
-HANDLER_IFACE = f"{PACKAGE}/chunked-stream-handler@{VERSION}"
-EVENTS_IFACE = f"{PACKAGE}/chunked-stream-events@{VERSION}"
-TRIGGER_IFACE = f"{PACKAGE}/trigger@{VERSION}"
-
-HOST_IMPORTS = (TYPES_IFACE, BLOBS_IFACE)
 
 
 @dataclass(frozen=True)
@@ -38,14 +31,6 @@ class LoadedComponent:
     @property
     def kind(self) -> str:
         return "core" if self.module is not None else "component"
-
-    @property
-    def instance_class(self) -> type:
-        if self.module is not None:
-            from chunkd.host.core import CoreInstance
-            return CoreInstance
-        from chunkd.host.instance import ComponentInstance
-        return ComponentInstance
 
 
 def _funcs_of(component: Component, engine: Engine, iface: str) -> set[str] | None:
@@ -74,15 +59,11 @@ def check_world(component: Component, engine: Engine, label: str) -> WorldInfo:
         if imp in HOST_IMPORTS or imp.startswith("wasi:"):
             continue
         raise ComponentError(f"{label}: imports {imp!r}, which chunkd does not provide")
-    return WorldInfo("consumer-with-events" if has_events else "consumer", has_events, imports)
-
-
-CORE_EXPORTS_REQUIRED = ("memory", "cabi_realloc", f"{TRIGGER_IFACE}#invoke", f"{HANDLER_IFACE}#handle-chunk")
+    return WorldInfo(CONSUMER_WITH_EVENTS if has_events else CONSUMER, has_events, imports)
 
 
 def check_core_world(module: Module, label: str) -> WorldInfo:
     """A core module implementing the consumer world at the canonical-ABI level."""
-    from chunkd.host.core import HOST_FUNCS
     exports = {e.name: e.type for e in module.exports}
     for name in CORE_EXPORTS_REQUIRED:
         if name not in exports:
@@ -90,10 +71,10 @@ def check_core_world(module: Module, label: str) -> WorldInfo:
     imports = []
     for imp in module.imports:
         key = (imp.module, imp.name or "")
-        if key not in HOST_FUNCS:
+        if key not in CORE_HOST_FUNCS:
             raise ComponentError(f"{label}: core module imports {imp.module}/{imp.name}, which chunkd does not "
                                  f"provide to core guests (only the chunkd:streams functions, no WASI)")
-        params, results = HOST_FUNCS[key]
+        params, results = CORE_HOST_FUNCS[key]
         ty = imp.type
         got_p = [str(t) for t in getattr(ty, "params", [])]
         got_r = [str(t) for t in getattr(ty, "results", [])]
@@ -102,8 +83,8 @@ def check_core_world(module: Module, label: str) -> WorldInfo:
                                  f"({', '.join(got_r)}), expected ({', '.join(map(str, params))}) -> "
                                  f"({', '.join(map(str, results))})")
         imports.append(f"{imp.module}/{imp.name}")
-    has_events = f"{EVENTS_IFACE}#stream-ended" in exports
-    return WorldInfo("consumer-with-events" if has_events else "consumer", has_events, tuple(sorted(imports)))
+    has_events = EXPORT_ENDED in exports
+    return WorldInfo(CONSUMER_WITH_EVENTS if has_events else CONSUMER, has_events, tuple(sorted(imports)))
 
 
 def _is_core(data: bytes | str) -> bool:

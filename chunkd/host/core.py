@@ -22,13 +22,14 @@ import ctypes
 import struct
 from typing import Any, Callable
 
-from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, ValType, WasmtimeError
+from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime._func import maybe_raise_last_exn
 
 from chunkd.host import values
-from chunkd.host.component import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
 from chunkd.host.instance import InstanceBase
+from chunkd.host.wit import (BLOBS_IFACE, CORE_HOST_FUNCS, EXPORT_ENDED, EXPORT_HANDLE, EXPORT_INVOKE,
+                             TYPES_IFACE)
 
 U64 = (1 << 64) - 1
 
@@ -47,21 +48,6 @@ class AbiViolation(WasmtimeError):
 
 def _s64(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
-
-
-I32, I64 = ValType.i32(), ValType.i64()
-
-# name -> (params, results) of what a core guest may import
-HOST_FUNCS: dict[tuple[str, str], tuple[list[ValType], list[ValType]]] = {
-    (BLOBS_IFACE, "open"): ([I32, I32, I32, I32, I32], []),
-    (TYPES_IFACE, "[method]input-stream.size"): ([I32, I32], []),
-    (TYPES_IFACE, "[method]input-stream.read"): ([I32, I64, I32], []),
-    (TYPES_IFACE, "[method]input-stream.start-chunking-read"): ([I32, I64, I64, I32], []),
-    (TYPES_IFACE, "[resource-drop]input-stream"): ([I32], []),
-}
-EXPORT_INVOKE = f"{TRIGGER_IFACE}#invoke"
-EXPORT_HANDLE = f"{HANDLER_IFACE}#handle-chunk"
-EXPORT_ENDED = f"{EVENTS_IFACE}#stream-ended"
 
 
 _KINDS = {"i32": ffi.WASMTIME_I32.value, "i64": ffi.WASMTIME_I64.value}
@@ -111,7 +97,7 @@ class RawFunc:
         if not self._nres:
             return 0
         r = self._results[0]
-        return int(r.of.i64 if r.kind == ffi.WASMTIME_I64.value else r.of.i32)
+        return int(r.of.i64 if int(r.kind) == ffi.WASMTIME_I64.value else r.of.i32)
 
 
 class CoreInstance(InstanceBase):
@@ -140,7 +126,7 @@ class CoreInstance(InstanceBase):
             (TYPES_IFACE, "[method]input-stream.start-chunking-read"): self._start,
             (TYPES_IFACE, "[resource-drop]input-stream"): self.host_drop,
         }
-        for (mod, name), (params, results) in HOST_FUNCS.items():
+        for (mod, name), (params, results) in CORE_HOST_FUNCS.items():
             linker.define_func(mod, name, FuncType(params, results), impls[(mod, name)])
         self._store = store
         module = self.comp.module

@@ -110,6 +110,6 @@ def tune_allocator() -> bool:
         ok = libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
         # worker threads would otherwise get arenas of at most 64 MiB, from which a list
         # of 32 bytes per payload byte cannot come: glibc then mmaps it on every call
-        return libc.mallopt(m_arena_max, 1) == 1 and ok
+        return bool(libc.mallopt(m_arena_max, 1) == 1) and ok
     except (OSError, AttributeError):
         return False

@@ -1,0 +1,198 @@
+"""One chunked read: its producer, its queue of read-ahead chunks, its budget ledger.
+
+The producer reads ahead at most `prefetch_chunks` chunks (or one coalesced
+read unit of a remote source, cut to fit the budget) into a queue; the job's
+StreamSet (streamset.py) takes them round-robin and calls handle-chunk.
+
+Every byte a Delivery takes from the shared BufferBudget is counted in its own
+ledger (`held`): a chunk gives back its share when it is delivered or
+dropped, and `stop()` gives back whatever is left. So a stream returns
+exactly what it took, on every path, whatever the chunk, unit and budget sizes.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import structlog
+
+from chunkd.errors import SourceError
+from chunkd.host import values
+from chunkd.scheduler import BufferBudget, read_with_retry
+
+if TYPE_CHECKING:
+    from chunkd.host.instance import HostStream
+
+log = structlog.get_logger("chunkd.delivery")
+
+
+@dataclass(slots=True)
+class Chunk:
+    index: int
+    data: bytes
+    reserved: int  # budget bytes this chunk gives back when delivered or dropped
+    unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
+
+
+@dataclass(slots=True)
+class End:
+    end: values.StreamEnd
+
+
+@dataclass
+class StreamStats:
+    chunks: int = 0
+    bytes: int = 0
+    read_bytes: int = 0  # bytes fetched from the source (delivered + read ahead)
+    retries: int = 0
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+
+
+def read_unit_for(chunk_size: int, preferred: int, budget_limit: int) -> int:
+    """Bytes one source read asks for: whole chunks, as close to the source's preferred
+    unit as the budget allows, never less than one chunk (a chunk larger than the whole
+    budget is read alone and takes all of it)."""
+    fit = min(preferred, budget_limit)
+    return max(chunk_size, (fit // chunk_size) * chunk_size)
+
+
+class Delivery:
+    """One correlation-id's chunked read of one stream."""
+
+    def __init__(self, *, component: str, stream: "HostStream", correlation_id: int, chunk_size: int,
+                 start: int, prefetch: int, budget: BufferBudget, retries: int, backoff_s: float,
+                 on_ready: Callable[["Delivery"], None], job_id: str) -> None:
+        self.stream = stream
+        self.correlation_id = correlation_id
+        self.chunk_size = chunk_size
+        self.start = start
+        self.budget = budget
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.job_id = job_id
+        size = stream.blob.size
+        self.size = size
+        remaining = None if size is None else max(0, size - start)
+        self.total_chunks = 0 if remaining is None else max(1, -(-remaining // chunk_size))
+        self.queue: collections.deque[Chunk | End] = collections.deque()
+        preferred = int(getattr(stream.blob, "read_unit", 0) or 0)
+        self.unit = read_unit_for(chunk_size, preferred, budget.limit)
+        self._slots = asyncio.Semaphore(max(1, -(-max(prefetch, 1) * chunk_size // self.unit)))
+        self._on_ready = on_ready
+        self.in_ready = False  # queued in the job's ready_streams
+        self.held = 0  # budget bytes this stream holds now (its ledger)
+        self.stats = StreamStats()
+        self.outcome: values.StreamEnd | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.log = log.bind(component=component, job_id=job_id, correlation_id=correlation_id,
+                            container=stream.container, blob=stream.name)
+
+    @property
+    def name(self) -> str:
+        return f"{self.stream.container}/{self.stream.name}"
+
+    # --- the producer (a task owned by the job's StreamSet) ------------------------
+
+    async def produce(self) -> None:
+        """Read ahead until the end; never raises but CancelledError: a source error or a
+        bug ends this stream `failed` (a bug says `internal error` and is logged)."""
+        try:
+            await self._produce()
+        except asyncio.CancelledError:
+            raise
+        except SourceError as e:
+            self._push(End(values.failed(str(e))))
+        except Exception as e:
+            self.log.exception("producer_crashed")
+            self._push(End(values.failed(f"internal error: {e!r}")))
+
+    def _push(self, item: Chunk | End) -> None:
+        self.queue.append(item)
+        self._on_ready(self)
+
+    async def _take(self, n: int) -> int:
+        granted = await self.budget.acquire(n)
+        self.held += granted  # no await between the grant and the ledger
+        return granted
+
+    def _give(self, n: int) -> None:
+        n = min(n, self.held)
+        self.held -= n
+        self.budget.release(n)
+
+    async def _read(self, offset: int, length: int) -> bytes:
+        def on_retry(attempt: int, delay: float, e: SourceError) -> None:
+            self.stats.retries += 1
+            self.log.warning("source_retry", offset=offset, attempt=attempt, delay_s=round(delay, 3), error=str(e))
+        return await read_with_retry(self.stream.blob, offset, length, self.retries, self.backoff_s, on_retry)
+
+    async def _produce(self) -> None:
+        """Read one unit (a chunk, or a coalesced range of whole chunks) at a time, slice it."""
+        offset = self.start
+        index = 0
+        unit = self.unit
+        while True:
+            want = unit if self.size is None else max(0, min(unit, self.size - offset))
+            await self._slots.acquire()
+            granted = await self._take(want)
+            data = b"" if want == 0 else await self._read(offset, want)
+            self.stats.read_bytes += len(data)
+            if self.size is not None and len(data) != want:
+                raise SourceError(f"blob {self.name} changed size: got {len(data)} bytes at offset "
+                                  f"{offset}, expected {want}")
+            if self.size is None and not data and index > 0:
+                self._give(granted)
+                self._push(End(values.COMPLETED))
+                return
+            pieces = [data[p:p + self.chunk_size] for p in range(0, len(data), self.chunk_size)] or [b""]
+            left = granted
+            for n, piece in enumerate(pieces):
+                last = n == len(pieces) - 1
+                share = left if last else min(len(piece), left)
+                left -= share
+                self._push(Chunk(index + n, piece, share, unit_end=last))
+            offset += len(data)
+            index += len(pieces)
+            if self.size is not None and index >= self.total_chunks:
+                return
+            if self.size is None and len(data) < want:  # short read: the unknown-size blob ended
+                if data:
+                    self._push(End(values.COMPLETED))
+                return
+
+    # --- the consumer side (the StreamSet's delivery loop) --------------------------
+
+    def consumed(self, chunk: Chunk) -> None:
+        self.dropped(chunk)
+        self.stats.chunks += 1
+        self.stats.bytes += len(chunk.data)
+
+    def dropped(self, chunk: Chunk) -> None:
+        """A chunk leaves the queue (delivered or not): its room goes back."""
+        self._give(chunk.reserved)
+        if chunk.unit_end:
+            self._slots.release()
+
+    def is_last(self, chunk: Chunk) -> bool:
+        if self.size is None:
+            return not chunk.data
+        return chunk.index == self.total_chunks - 1
+
+    def stop(self) -> None:
+        """Stop reading and give back every byte this stream holds. Synchronous, so no
+        cancellation can leave it half done: once the producer is cancelled it can take
+        nothing more (a grant racing the cancel is given back inside acquire)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.queue.clear()
+        self._give(self.held)
+
+    async def close_blob(self) -> None:
+        try:
+            await self.stream.blob.close()
+        except Exception as e:  # closing is best effort; the stream is over either way
+            self.log.warning("blob_close_failed", error=str(e))

@@ -1,0 +1,105 @@
+"""The component kind of guest: a wasm component through wasmtime's component API.
+
+The chunk bytes cross as `list<u8>` through a prepared C-API call
+(fastcall.py); everything else goes through wasmtime-py's own lifting.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wasmtime import Store, WasiConfig
+from wasmtime.component import Func, Linker, ResourceHost, ResourceType
+
+from chunkd.host import values
+from chunkd.host.fastcall import PreparedHandleChunk
+from chunkd.host.instance import InstanceBase, _LineBuffer
+from chunkd.host.wit import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
+
+STREAM_RESOURCE_ID = 1
+
+
+def _wit(v: Any) -> Any:
+    return v.to_wit() if isinstance(v, values.StreamErr) else v
+
+
+class ComponentInstance(InstanceBase):
+    """A wasm component, through wasmtime's component API."""
+
+    kind = "component"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._funcs: dict[str, Func] = {}
+        self._prepared: PreparedHandleChunk | None = None
+        self._stdout = _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line))
+        self._stderr = _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))
+
+    def _drop_store(self) -> None:
+        if self._prepared is not None:
+            self._prepared.close()
+            self._prepared = None
+        self._funcs.clear()
+        self._store = None
+
+    def _instantiate(self) -> None:
+        engine = self.clock.engine
+        store = Store(engine)
+        wasi = WasiConfig()  # no preopens, no env, no args, no network, no stdin
+        wasi.stdout_custom = self._stdout.write
+        wasi.stderr_custom = self._stderr.write
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=self.memory_bytes)
+        store.set_epoch_deadline(self.call_timeout_ticks)
+        linker = Linker(engine)
+        linker.add_wasip2()
+        with linker.root() as root:
+            with root.add_instance(TYPES_IFACE) as types:
+                types.add_resource("input-stream", ResourceType.host(STREAM_RESOURCE_ID),
+                                   lambda store, rep: self.host_drop(rep))
+                types.add_func("[method]input-stream.size",
+                               lambda store, this: self.host_size(this.to_host(store).rep))
+                types.add_func("[method]input-stream.read",
+                               lambda store, this, n: _wit(self.host_read(this.to_host(store).rep, n)))
+                types.add_func("[method]input-stream.start-chunking-read",
+                               lambda store, this, chunk, cid: _wit(
+                                   self.host_start_chunking(this.to_host(store).rep, chunk, cid)))
+            with root.add_instance(BLOBS_IFACE) as blobs:
+                blobs.add_func("open", self._open)
+        self._store = store
+        instance = self._guarded("instantiate", linker.instantiate, store, self.comp.component)
+        for iface, fname in ((TRIGGER_IFACE, "invoke"), (HANDLER_IFACE, "handle-chunk"), (EVENTS_IFACE, "stream-ended")):
+            idx = instance.get_export_index(store, iface)
+            if idx is None:
+                continue
+            fidx = instance.get_export_index(store, fname, idx)
+            func = instance.get_func(store, fidx) if fidx is not None else None
+            if func is not None:
+                self._funcs[fname] = func
+
+    def _open(self, store: Any, container: str, name: str) -> Any:
+        r = self.host_open(container, name)
+        return r.to_wit() if isinstance(r, values.StreamErr) else ResourceHost.own(r, STREAM_RESOURCE_ID)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        func = self._funcs[name]
+        store = self._store
+        assert store is not None
+        result = func(store, *args)
+        func.post_return(store)
+        return result
+
+    def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        return values.lift_invoke_result(self._call("invoke", args))
+
+    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+        if self._prepared is None:
+            assert self._store is not None
+            self._prepared = PreparedHandleChunk(self._funcs["handle-chunk"], self._store, STREAM_RESOURCE_ID)
+        return self._prepared(handle, correlation_id, current, total, data)
+
+    @property
+    def has_events(self) -> bool:
+        return "stream-ended" in self._funcs
+
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        self._call("stream-ended", correlation_id, end.to_wit())

@@ -1,0 +1,123 @@
+"""What instances ask of the daemon: open and read blobs, start chunked reads,
+let go of streams, report guest output. Implements host.instance.HostServices.
+
+`start_chunking`, `stream_released` and `guest_output` run on instance
+threads; they touch only thread-safe state here (a lock around the stream
+counters) and hand anything else to the event loop with call_soon_threadsafe.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Callable
+
+import structlog
+
+from chunkd.config import LimitsConfig
+from chunkd.errors import SourceError
+from chunkd.host import values
+from chunkd.jobs import Job, StreamRequest
+from chunkd.scheduler import read_with_retry
+from chunkd.tasks import ScopeClosed, TaskScope
+
+if TYPE_CHECKING:
+    from chunkd.delivery import Delivery
+    from chunkd.host.instance import HostStream, InstanceBase
+    from chunkd.metrics import Metrics
+    from chunkd.sources import Container
+    from chunkd.sources.base import Blob
+
+log = structlog.get_logger("chunkd.hostservices")
+
+OutputListener = Callable[[Job | None, str, str, str], None]  # job, component, fd, line
+
+
+async def close_quietly(blob: "Blob") -> None:
+    try:
+        await blob.close()
+    except Exception as e:
+        log.warning("blob_close_failed", error=str(e))
+
+
+class RuntimeServices:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: LimitsConfig, metrics: "Metrics",
+                 background: TaskScope) -> None:
+        self.loop = loop
+        self.limits = limits  # replaced on reload
+        self.containers: dict[str, "Container"] = {}  # replaced on reload
+        self.metrics = metrics
+        self.background = background  # owns blob closes handed over from instance threads
+        self.output_listeners: list[OutputListener] = []
+        self._lock = threading.Lock()
+        self.active_streams = 0
+        self.streams_started = 0
+        self.streams_ended = 0
+
+    # --- async, awaited by instance threads through the loop ------------------------
+
+    async def open_blob(self, container: str, name: str) -> "Blob":
+        c = self.containers.get(container)
+        if c is None:
+            raise SourceError(f"no container named {container!r}")
+        return await c.open(name)
+
+    async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes:
+        lim = self.limits
+        return await read_with_retry(blob, offset, length, lim.source_retries, lim.source_retry_backoff_s)
+
+    # --- instance threads -------------------------------------------------------------
+
+    def start_chunking(self, inst: "InstanceBase", stream: "HostStream", chunk_size: int,
+                       correlation_id: int) -> values.StreamErr | None:
+        lim = self.limits
+        with stream.lock:
+            if stream.chunking or stream.ended:
+                return values.err_closed()
+            if chunk_size == 0 or chunk_size > lim.max_chunk_size_bytes:
+                return values.err_invalid(
+                    f"chunk-size {chunk_size} must be between 1 and max-chunk-size {lim.max_chunk_size_bytes}")
+            if correlation_id in inst.active_cids:
+                return values.err_invalid(f"correlation-id {correlation_id} is already active in this instance")
+            job = inst.job
+            if job is None:
+                return values.err_failed("no job is running on this instance")
+            with self._lock:
+                if self.active_streams >= lim.max_pending_streams:
+                    return values.err_failed(f"pending stream queue is full ({lim.max_pending_streams} streams)")
+                self.active_streams += 1
+                self.streams_started += 1
+            stream.chunking = True
+            inst.active_cids.add(correlation_id)
+            job.add_request(StreamRequest(inst, stream, chunk_size, correlation_id, stream.position))
+        self.loop.call_soon_threadsafe(job.ready.set)
+        return None
+
+    def stream_released(self, inst: "InstanceBase", stream: "HostStream") -> None:
+        self.loop.call_soon_threadsafe(self._close_later, stream.blob)
+
+    def _close_later(self, blob: "Blob") -> None:
+        try:
+            self.background.spawn(close_quietly(blob), name="blob-close")
+        except ScopeClosed:
+            pass  # shutting down: the container closes with the runtime
+
+    def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None:
+        job = inst.job
+        if job is not None and fd == "stdout":
+            job.output.append(line)
+        log.info("guest_output", component=inst.comp.name, instance=inst.label, fd=fd, line=line,
+                 job_id=job.id if job else None)
+        for listener in self.output_listeners:
+            with contextlib.suppress(Exception):
+                listener(job, inst.comp.name, fd, line)
+
+    # --- loop: the StreamSet tells each end (streamset.StreamAccounting) ---------------
+
+    def stream_ended(self, d: "Delivery", end: values.StreamEnd) -> None:
+        with self._lock:
+            self.active_streams -= 1
+            self.streams_ended += 1
+        self.metrics.streams_ended.labels(end.kind).inc()
+        if d.stats.retries:
+            self.metrics.source_retries.inc(d.stats.retries)

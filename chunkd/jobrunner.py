@@ -1,0 +1,261 @@
+"""Jobs: intake, running each on an instance, resume, cancel, drain, prune.
+
+Every job runs as one task in the runner's TaskScope. `_run_job` takes an
+instance, hands the attempt to a StreamSet, gives the instance back (or has
+it replaced), and ends the job in one place, `_finish`, which records the
+outcome, persists it under `asyncio.shield`, counts it and sets `done`,
+exactly once. A job interrupted by shutdown is not finished: it stays
+queued/running in the store and runs again at the next start.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from chunkd.errors import ChunkdError
+from chunkd.jobs import Job, JobState
+from chunkd.jobstore import JobStore
+from chunkd.streamset import Outcome, StreamSet, StreamSettings
+from chunkd.tasks import TaskScope
+
+if TYPE_CHECKING:
+    from chunkd.host.instance import InstanceBase
+    from chunkd.pool import InstancePool
+    from chunkd.runtime import Runtime
+
+log = structlog.get_logger("chunkd.jobrunner")
+
+MAX_FINISHED_IN_MEMORY = 1000
+
+
+class UnknownComponent(ChunkdError):
+    pass
+
+
+class QueueFull(ChunkdError):
+    pass
+
+
+class NotAccepting(ChunkdError):
+    """The daemon is draining: no new jobs."""
+
+
+class JobRunner:
+    def __init__(self, runtime: "Runtime", store: JobStore | None) -> None:
+        self.rt = runtime
+        self.store = store
+        self.accepting = True
+        self.jobs: dict[str, Job] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._task_of: dict[str, asyncio.Task[None]] = {}
+        self._scope = TaskScope("jobs")
+        self.queued = 0
+        self.running = 0
+        self.jobs_finished = 0
+        self.jobs_interrupted = 0
+
+    # --- intake -------------------------------------------------------------------
+
+    def _check_submit(self, component: str) -> None:
+        if not self.accepting:
+            raise NotAccepting("chunkd is shutting down and takes no new jobs")
+        pools = self.rt.pools
+        if component not in pools:
+            raise UnknownComponent(f"no component named {component!r} (configured: {', '.join(sorted(pools)) or 'none'})")
+        limit = self.rt.config.limits.max_queued_jobs
+        if self.queued >= limit:
+            raise QueueFull(f"job queue is full ({limit} queued)")
+
+    def submit(self, component: str, args: list[str]) -> Job:
+        """Queue a job in memory only (chunkd run, tests)."""
+        self._check_submit(component)
+        job = Job(component=component, args=list(args))
+        self._schedule(job)
+        return job
+
+    async def accept(self, component: str, args: list[str]) -> Job:
+        """Queue a job durably: it is in the job store before this returns."""
+        self._check_submit(component)
+        job = Job(component=component, args=list(args))
+        await self._persist(job)
+        self._check_submit(component)  # the world may have changed while we wrote
+        self._schedule(job)
+        return job
+
+    def _schedule(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.queued += 1
+        self._task_of[job.id] = self._scope.spawn(self._run_job(job), name=f"job-{job.id}")
+        log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, attempts=job.attempts)
+
+    async def resume(self) -> tuple[int, int]:
+        """Run again every job the store says was queued or running: (resumed, given up)."""
+        if self.store is None:
+            return 0, 0
+        resumed = gave_up = 0
+        for rec in await self.store.unfinished():
+            job = Job.from_record(rec)
+            if job.attempts >= self.rt.config.daemon.max_attempts:
+                await self._finish(job, Outcome(JobState.FAILED, f"gave up after {job.attempts} attempt(s): "
+                                                                 "the daemon stopped during each"))
+                gave_up += 1
+                continue
+            if job.component not in self.rt.pools:
+                await self._finish(job, Outcome(JobState.FAILED,
+                                                f"component {job.component!r} is no longer configured"))
+                gave_up += 1
+                continue
+            job.state = JobState.QUEUED
+            job.invoke_ok = job.invoke_result = job.error = None
+            job.output.clear()
+            job.past_streams = []
+            self._schedule(job)
+            resumed += 1
+        return resumed, gave_up
+
+    # --- operator ------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None and self.store is not None:
+            rec = await self.store.get(job_id)
+            if rec is not None:
+                job = Job.from_record(rec)
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Operator cancel: a queued job never starts; a running one cancels its streams."""
+        job = self.jobs.get(job_id)
+        if job is None or job.finished:
+            return job
+        job.cancel_requested = True
+        job.ready.set()
+        if job.state == JobState.QUEUED:
+            task = self._task_of.get(job_id)
+            if task is not None:
+                task.cancel()
+        log.info("job_cancel_requested", job_id=job_id, state=job.state)
+        return job
+
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop intake, give jobs `grace_s` to finish, then interrupt the rest (they stay
+        queued/running in the store and run again at the next start).
+
+        Returns (finished in grace, interrupted)."""
+        self.accepting = False
+        before = len(self._scope)
+        left = await self._scope.wait(grace_s)
+        if left:
+            await self._scope.close()
+        return before - left, left
+
+    async def close(self) -> None:
+        self.accepting = False
+        await self._scope.close()
+
+    async def prune(self, retention_s: float) -> int:
+        cutoff = time.time() - retention_s
+        for jid in [j for j in self._finished if (self.jobs[j].ended_at or 0) < cutoff]:
+            self._finished.pop(jid, None)
+            self.jobs.pop(jid, None)
+        return await self.store.prune(cutoff) if self.store is not None else 0
+
+    # --- one job ----------------------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=job.id, component=job.component):
+            try:
+                await self._attempt(job)
+            except asyncio.CancelledError:
+                if job.cancel_requested:
+                    before = " before it started" if job.state == JobState.QUEUED else ""
+                    await self._finish(job, Outcome(JobState.CANCELLED, f"cancelled by operator{before}"))
+                else:
+                    self._interrupted(job)
+                raise
+            except Exception as e:  # a bug outside the StreamSet: this job fails, the daemon goes on
+                log.exception("job_internal_error")
+                await self._finish(job, Outcome(JobState.FAILED, f"internal error: {e!r}"))
+            finally:
+                self._task_of.pop(job.id, None)
+
+    async def _attempt(self, job: Job) -> None:
+        pool = self.rt.pools.get(job.component)
+        if pool is None:
+            self.queued -= 1
+            await self._finish(job, Outcome(JobState.FAILED, f"component {job.component!r} is no longer configured"))
+            return
+        try:
+            inst = await pool.acquire()
+        finally:
+            self.queued -= 1
+        self.running += 1
+        try:
+            job.state = JobState.RUNNING
+            job.started_at = time.time()
+            job.instance = inst.label
+            job.attempts += 1
+            inst.job = job
+            log.info("job_started", instance=inst.label, attempt=job.attempts)
+            await self._persist(job)  # attempts counted before any guest code runs
+            outcome = await StreamSet(job, inst, self.rt.budget, self._settings(pool), self.rt.services).run()
+        finally:
+            inst.job = None
+            self.running -= 1
+            pool.give_back(inst)
+        if outcome.trap is not None:
+            self._count_trap(inst, outcome)
+        await self._finish(job, outcome)
+
+    def _settings(self, pool: "InstancePool") -> StreamSettings:
+        lim = self.rt.config.limits
+        return StreamSettings(prefetch=pool.cfg.prefetch_chunks, retries=lim.source_retries,
+                              backoff_s=lim.source_retry_backoff_s, pacer=pool.pacer, meters=pool.meters)
+
+    def _count_trap(self, inst: "InstanceBase", outcome: Outcome) -> None:
+        assert outcome.trap is not None
+        m = self.rt.metrics
+        (m.timeouts if outcome.trap.timeout else m.traps).labels(inst.comp.name).inc()
+        log.error("guest_trapped", instance=inst.label, error=str(outcome.trap), timeout=outcome.trap.timeout)
+
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        """The one place a job ends: state, error, persisted (shielded), counted, done."""
+        if job.ends:
+            log.error("job_ended_twice", job_id=job.id, state=job.state, outcome=outcome.state)
+            return
+        job.ends += 1
+        job.state = outcome.state
+        job.error = outcome.error
+        job.ended_at = time.time()
+        self.jobs_finished += 1
+        self.rt.metrics.jobs.labels(job.state).inc()
+        self._remember_finished(job)
+        log.info("job_ended", state=job.state, error=job.error, attempt=job.attempts, streams=len(job.deliveries),
+                 duration_s=round(job.ended_at - (job.started_at or job.ended_at), 3))
+        try:
+            await asyncio.shield(self._persist(job))
+        finally:
+            job.done.set()
+
+    def _interrupted(self, job: Job) -> None:
+        """Shutdown: the job stays queued/running in the store and runs again at the next start."""
+        self.jobs_interrupted += 1
+        if job.state == JobState.RUNNING:
+            job.error = "interrupted by shutdown; runs again at the next start"
+        log.info("job_interrupted", state=job.state, attempt=job.attempts)
+        job.done.set()
+
+    async def _persist(self, job: Job) -> None:
+        if self.store is not None:
+            await self.store.save(job.record())
+
+    def _remember_finished(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self._finished[job.id] = None
+        while len(self._finished) > MAX_FINISHED_IN_MEMORY:
+            old, _ = self._finished.popitem(last=False)
+            self.jobs.pop(old, None)

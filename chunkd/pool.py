@@ -1,0 +1,131 @@
+"""The instance pool of one component: `instances` live instances, FIFO to jobs.
+
+The pool owns every task it starts (replacing a broken instance, closing one
+after a reload) in its own TaskScope; `close()` cancels and awaits them.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from chunkd.config import ComponentConfig, LimitsConfig
+from chunkd.host.component import LoadedComponent
+from chunkd.host.engine import EpochClock
+from chunkd.host.instance import HostServices, InstanceBase
+from chunkd.host.kinds import instance_class
+from chunkd.scheduler import Pacer
+from chunkd.tasks import ScopeClosed, TaskScope
+
+log = structlog.get_logger("chunkd.pool")
+
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+def fingerprint(cfg: ComponentConfig) -> tuple[Any, ...]:
+    """What makes a reload rebuild a pool: its config, or its file changed."""
+    try:
+        st = cfg.path.stat()
+        return (cfg, st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        return (cfg, None)
+
+
+class InstancePool:
+    def __init__(self, comp: LoadedComponent, cfg: ComponentConfig, limits: LimitsConfig,
+                 services: HostServices, clock: EpochClock, meters: tuple[Any, Any, Any]) -> None:
+        self.comp = comp
+        self.cfg = cfg
+        self.limits = limits
+        self.services = services
+        self.clock = clock
+        self.meters = meters  # this component's labelled series: handle seconds, chunks, bytes
+        self.pacer = Pacer(cfg.max_bytes_per_second)
+        self.idle: asyncio.Queue[InstanceBase] = asyncio.Queue(maxsize=cfg.instances)
+        self.waiting = 0
+        self._next_index = 0
+        self.replaced = 0
+        self.fingerprint = fingerprint(cfg)
+        self.retired = False
+        self._scope = TaskScope(f"pool-{comp.name}")
+
+    def _new_instance(self) -> InstanceBase:
+        lim = self.limits
+        cls = instance_class(self.comp)
+        inst = cls(self.comp, self._next_index, self.services, self.clock, call_timeout_s=lim.call_timeout_s,
+                   memory_bytes=lim.instance_memory_bytes, max_chunk_size=lim.max_chunk_size_bytes)
+        self._next_index += 1
+        return inst
+
+    async def start(self) -> None:
+        insts = [self._new_instance() for _ in range(self.cfg.instances)]
+        try:
+            await asyncio.gather(*(i.start() for i in insts))
+        except BaseException:
+            for i in insts:
+                await i.close()
+            raise
+        for i in insts:
+            self.idle.put_nowait(i)
+
+    async def acquire(self) -> InstanceBase:
+        self.waiting += 1
+        try:
+            return await self.idle.get()
+        finally:
+            self.waiting -= 1
+
+    def give_back(self, inst: InstanceBase) -> None:
+        """The job is done with `inst`: idle again, or replaced when it broke."""
+        if inst.broken:
+            self.replaced += 1
+            log.warning("instance_replaced", component=self.comp.name, instance=inst.label, reason=inst.broken)
+            self._spawn(self._replace(inst), f"replace-{inst.label}")
+        else:
+            self._release(inst)
+
+    def _release(self, inst: InstanceBase) -> None:
+        if self.retired and self.waiting == 0:
+            self._spawn(inst.close(), f"close-{inst.label}")
+            return
+        self.idle.put_nowait(inst)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        try:
+            self._scope.spawn(coro, name=name)
+        except ScopeClosed:
+            pass  # the pool is closing: nothing more to start
+
+    async def _replace(self, broken: InstanceBase) -> None:
+        """Discard a trapped or timed-out instance and start a fresh one in its place."""
+        await broken.close()
+        delay = 0.0
+        while True:
+            inst = self._new_instance()
+            try:
+                await inst.start()
+            except Exception as e:
+                await inst.close()
+                delay = min(max(delay * 2, 0.5), RESTART_BACKOFF_MAX_S)
+                log.error("instance_start_failed", component=self.comp.name, error=str(e), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                await inst.close()
+                raise
+            self._release(inst)
+            return
+
+    async def retire(self) -> None:
+        """Replaced by a reload: serve the jobs already waiting, then close."""
+        self.retired = True
+        if self.waiting == 0:
+            while not self.idle.empty():
+                inst = self.idle.get_nowait()
+                self._spawn(inst.close(), f"close-{inst.label}")
+
+    async def close(self) -> None:
+        await self._scope.close()
+        while not self.idle.empty():
+            await self.idle.get_nowait().close()

@@ -1,0 +1,269 @@
+"""The streams of one job on one instance: invoke, the delivery loop, the ends.
+
+A StreamSet owns its producers in one `asyncio.TaskGroup`. Leaving that
+scope on any path (every stream done, invoke error, operator cancel, trap,
+timeout, shutdown, or an exception nobody foresaw) ends every open stream
+exactly once and gives back every byte of budget before the scope closes.
+`run()` turns each of those paths into the job's outcome.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from chunkd.delivery import Chunk, Delivery, End
+from chunkd.errors import GuestTrap
+from chunkd.host import values
+from chunkd.jobs import JobState
+from chunkd.scheduler import BufferBudget, Pacer
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
+    from chunkd.host.instance import InstanceBase
+    from chunkd.jobs import Job
+
+log = structlog.get_logger("chunkd.streamset")
+
+BATCH_CHUNKS = 64  # handle-chunk calls per trip to the instance thread
+BATCH_BYTES = 8 * 1024 * 1024
+MAX_INVOKE_RESULT = 64 * 1024  # characters of an invoke result kept in the job record
+
+
+class StreamAccounting(Protocol):
+    """Daemon-wide stream counters (the runtime's)."""
+
+    def stream_ended(self, d: Delivery, end: values.StreamEnd) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a job's streams need from the config and the component's pool."""
+
+    prefetch: int
+    retries: int
+    backoff_s: float
+    pacer: Pacer
+    meters: tuple["Histogram", "Counter", "Counter"]  # handle seconds, chunks, bytes (this component)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: JobState
+    error: str | None = None
+    trap: GuestTrap | None = None  # the trap or timeout that broke the instance, if any
+
+
+def clip_result(text: str) -> str:
+    if len(text) <= MAX_INVOKE_RESULT:
+        return text
+    return text[:MAX_INVOKE_RESULT] + f"... [{len(text) - MAX_INVOKE_RESULT} more characters not kept]"
+
+
+class StreamSet:
+    def __init__(self, job: "Job", inst: "InstanceBase", budget: BufferBudget, settings: StreamSettings,
+                 accounting: StreamAccounting) -> None:
+        self.job = job
+        self.inst = inst
+        self.budget = budget
+        self.settings = settings
+        self.accounting = accounting
+        self._tg: asyncio.TaskGroup | None = None
+
+    async def run(self) -> Outcome:
+        """The job's one attempt on this instance. Returns its outcome; raises only
+        CancelledError (shutdown, or an operator cancel of the waiting task), and then
+        too every stream has ended and its budget is back."""
+        exit_end: values.StreamEnd = values.failed("internal error: stream left open")
+        tell = False
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                return await self._drive()
+            except GuestTrap as e:
+                exit_end = values.failed(str(e))
+                return Outcome(JobState.FAILED, str(e), trap=e)
+            except asyncio.CancelledError:
+                cancel = self.job.cancel_requested
+                exit_end = values.CANCELLED if cancel else values.failed("daemon shutting down")
+                await self._settle()
+                raise
+            except Exception as e:  # a bug: this job fails, the daemon goes on
+                log.exception("job_internal_error", job_id=self.job.id)
+                exit_end = values.failed(f"internal error: {e!r}")
+                tell = not self.inst.broken
+                return Outcome(JobState.FAILED, f"internal error: {e!r}")
+            finally:
+                self._tg = None  # no producer starts after this
+                await self._end_all(exit_end, tell_guest=tell)
+
+    async def _settle(self) -> None:
+        """After a cancel: let a guest call still running on the instance thread finish
+        (call_timeout bounds it), so streams it starts are seen and ended here."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.inst.settle()), self.inst.call_timeout_s * 2 + 1)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+
+    async def _drive(self) -> Outcome:
+        job, inst = self.job, self.inst
+        ok, text = await inst.invoke(job.args)
+        job.invoke_ok, job.invoke_result = ok, clip_result(text)
+        self._schedule_requests()
+        if not ok:
+            trap = await self._end_all(values.CANCELLED, tell_guest=True)
+            if trap is not None:
+                raise trap
+            return Outcome(JobState.FAILED, f"invoke returned error: {clip_result(text)}")
+        await self._deliver()
+        if job.cancel_requested:
+            return Outcome(JobState.CANCELLED, "cancelled by operator")
+        bad = [d for d in job.deliveries if d.outcome != values.COMPLETED]
+        if not bad:
+            return Outcome(JobState.COMPLETED)
+        return Outcome(JobState.FAILED, f"{len(bad)} stream(s) did not complete: " + "; ".join(
+            f"{d.name} (correlation-id {d.correlation_id}): {d.outcome}" for d in bad[:5]))
+
+    def _schedule_requests(self) -> None:
+        job = self.job
+        s = self.settings
+        for req in job.take_requests():
+            d = Delivery(component=self.inst.comp.name, stream=req.stream, correlation_id=req.correlation_id,
+                         chunk_size=req.chunk_size, start=req.start, prefetch=s.prefetch, budget=self.budget,
+                         retries=s.retries, backoff_s=s.backoff_s, on_ready=job.mark_ready, job_id=job.id)
+            job.deliveries.append(d)
+            job.open_streams += 1
+            d.log.info("stream_started", chunk_size=d.chunk_size, size=d.size, total_chunks=d.total_chunks,
+                       start_offset=d.start)
+            if self._tg is not None:
+                d.task = self._tg.create_task(d.produce(), name=f"chunkd:produce:{job.id}:{d.correlation_id}")
+
+    async def _deliver(self) -> None:
+        """Round-robin over the job's streams that have a chunk ready (O(1) per chunk).
+
+        Chunks already read ahead go to the instance thread in small batches, one
+        handle-chunk call after another, so a thread hop is paid per batch rather than
+        per chunk; a paced component gets one chunk per hop."""
+        job = self.job
+        paced = self.settings.pacer.rate > 0
+        while True:
+            self._schedule_requests()
+            if job.cancel_requested:
+                trap = await self._end_all(values.CANCELLED, tell_guest=True)
+                if trap is not None:
+                    raise trap
+                return
+            if job.open_streams == 0:
+                return
+            if not job.ready_streams:
+                job.ready.clear()
+                if job.ready_streams or job.requests:
+                    continue
+                await job.ready.wait()
+                continue
+            batch: list[tuple[Delivery, Chunk]] = []
+            nbytes = 0
+            limit = 1 if paced else BATCH_CHUNKS
+            while job.ready_streams and len(batch) < limit and nbytes < BATCH_BYTES:
+                d = job.ready_streams[0]
+                if d.outcome is not None or not d.queue:
+                    job.ready_streams.popleft()
+                    d.in_ready = False
+                    continue
+                head = d.queue[0]
+                if isinstance(head, End):
+                    if batch:
+                        break  # ends are told after the chunks before them
+                    job.ready_streams.popleft()
+                    d.in_ready = False
+                    d.queue.popleft()
+                    await self._end(d, head.end, tell_guest=True)
+                    break
+                job.ready_streams.popleft()
+                d.in_ready = False
+                d.queue.popleft()
+                if d.queue:  # more ready: back of the line, after the other streams
+                    job.mark_ready(d)
+                batch.append((d, head))
+                nbytes += len(head.data)
+            if batch:
+                await self._deliver_batch(batch)
+
+    async def _deliver_batch(self, batch: list[tuple[Delivery, Chunk]]) -> None:
+        pacer = self.settings.pacer
+        if pacer.rate > 0:
+            await pacer.take(sum(len(c.data) for _, c in batch))
+        calls = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data) for d, c in batch]
+        try:
+            answers, seconds, error = await self.inst.handle_chunks(calls)
+        except BaseException:
+            for d, c in batch:  # not delivered (cancelled mid-trip): give the room back
+                d.dropped(c)
+            raise
+        m_seconds, m_chunks, m_bytes = self.settings.meters
+        ends: list[tuple[Delivery, values.StreamEnd]] = []
+        # account for every chunk of the batch first: an end told to the guest may trap
+        padded_answers: list[bool | None] = answers + [None] * (len(batch) - len(answers))
+        padded_seconds = seconds + [0.0] * (len(batch) - len(seconds))
+        for (d, c), more, took in zip(batch, padded_answers, padded_seconds, strict=True):
+            if more is None:  # not delivered: the stream ended earlier in the batch, or the guest trapped
+                d.dropped(c)
+                continue
+            d.consumed(c)
+            m_seconds.observe(took)
+            m_chunks.inc()
+            m_bytes.inc(len(c.data))
+            if not more:
+                ends.append((d, values.CANCELLED))
+            elif d.is_last(c):
+                ends.append((d, values.COMPLETED))
+        for d, end in ends:
+            await self._end(d, end, tell_guest=error is None)
+        if error is not None:
+            raise error
+
+    def _close(self, d: Delivery, end: values.StreamEnd) -> bool:
+        """The synchronous part of an end: outcome, producer, budget, counters. False when
+        the stream had already ended (an end happens once)."""
+        if d.outcome is not None:
+            return False
+        d.outcome = end
+        d.stats.ended_at = time.time()
+        self.job.open_streams -= 1
+        d.stop()
+        self.inst.active_cids.discard(d.correlation_id)
+        self.inst.forget_stream(d.stream)
+        self.accounting.stream_ended(d, end)
+        d.log.info("stream_ended", end=str(end), chunks=d.stats.chunks, bytes=d.stats.bytes, retries=d.stats.retries)
+        return True
+
+    async def _end(self, d: Delivery, end: values.StreamEnd, *, tell_guest: bool) -> None:
+        if not self._close(d, end):
+            return
+        await d.close_blob()
+        if tell_guest and not self.inst.broken:
+            await self.inst.stream_ended(d.correlation_id, end)
+
+    async def _end_all(self, end: values.StreamEnd, *, tell_guest: bool) -> GuestTrap | None:
+        """End every open stream the same way, those a guest starts from stream-ended too.
+        Every stream is closed (budget back) before anything is awaited; a trap while
+        telling the guest stops the telling, not the ending. Returns that trap."""
+        trap: GuestTrap | None = None
+        while True:
+            self._schedule_requests()
+            open_ = [d for d in self.job.deliveries if d.outcome is None]
+            if not open_:
+                return trap
+            closed = [d for d in open_ if self._close(d, end)]
+            for d in closed:
+                await d.close_blob()
+            for d in closed:
+                if trap is None and tell_guest and not self.inst.broken:
+                    try:
+                        await self.inst.stream_ended(d.correlation_id, end)
+                    except GuestTrap as e:
+                        trap = e

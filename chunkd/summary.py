@@ -1,0 +1,88 @@
+"""The one shape of a job summary: GET /v1/jobs/{id}, each row of GET /v1/jobs,
+`chunkd run --json`, and what `chunkd run`, `submit --wait` and `status` print."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from chunkd.units import format_size
+
+if TYPE_CHECKING:
+    from chunkd.delivery import Delivery
+    from chunkd.jobs import Job
+
+
+class StreamSummary(TypedDict):
+    correlation_id: int
+    container: str
+    blob: str
+    chunk_size: int
+    size: int | None
+    total_chunks: int
+    chunks: int
+    bytes: int
+    retries: int
+    end: str | None  # "completed", "cancelled", "failed(reason)"; None while open
+    started_at: float
+    ended_at: float | None
+
+
+class InvokeSummary(TypedDict):
+    ok: bool
+    result: str
+
+
+class JobSummary(TypedDict):
+    job_id: str
+    component: str
+    args: list[str]
+    state: str
+    attempts: int
+    invoke: InvokeSummary | None
+    error: str | None
+    instance: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    streams: list[StreamSummary]
+    output: list[str]
+
+
+def stream_summary(d: "Delivery") -> StreamSummary:
+    return {
+        "correlation_id": d.correlation_id, "container": d.stream.container, "blob": d.stream.name,
+        "chunk_size": d.chunk_size, "size": d.size, "total_chunks": d.total_chunks, "chunks": d.stats.chunks,
+        "bytes": d.stats.bytes, "retries": d.stats.retries, "end": None if d.outcome is None else str(d.outcome),
+        "started_at": d.stats.started_at, "ended_at": d.stats.ended_at,
+    }
+
+
+def job_summary(job: "Job") -> JobSummary:
+    return {
+        "job_id": job.id, "component": job.component, "args": list(job.args), "state": str(job.state),
+        "attempts": job.attempts,
+        "invoke": None if job.invoke_ok is None else {"ok": job.invoke_ok, "result": job.invoke_result or ""},
+        "error": job.error, "instance": job.instance, "created_at": job.created_at, "started_at": job.started_at,
+        "ended_at": job.ended_at, "streams": job.stream_summaries(), "output": list(job.output),
+    }
+
+
+def summary_from_record(rec: dict[str, Any]) -> JobSummary:
+    """A stored job record (jobstore.py) in the summary shape."""
+    from chunkd.jobs import Job
+    return job_summary(Job.from_record(rec))
+
+
+def describe(summary: JobSummary) -> list[str]:
+    """The closing lines people read: invoke result, each stream's end, the job's state."""
+    lines = []
+    inv = summary["invoke"]
+    if inv is not None:
+        lines.append(f"invoke: {'ok' if inv['ok'] else 'error'}: {inv['result']}")
+    for s in summary["streams"]:
+        lines.append(f"stream {s['correlation_id']} {s['container']}/{s['blob']}: {s['end']}, "
+                     f"{s['chunks']} chunk(s), {format_size(s['bytes'])}")
+    ended, started = summary["ended_at"], summary["started_at"]
+    took = f" in {ended - started:.2f}s" if ended is not None and started is not None else ""
+    lines.append(f"job {summary['job_id']}: {summary['state']}" + (f" ({summary['error']})" if summary["error"] else "")
+                 + f", attempt {summary['attempts']}{took}")
+    return lines
