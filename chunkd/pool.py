@@ -125,6 +125,10 @@ class InstancePool:
                 inst = self.idle.get_nowait()
                 self._spawn(inst.close(), f"close-{inst.label}")
 
+    @property
+    def tasks(self) -> int:
+        return len(self._scope)
+
     async def close(self) -> None:
         await self._scope.close()
         while not self.idle.empty():

@@ -59,6 +59,7 @@ class Runtime:
         self.runner = JobRunner(self, store)
         self._services: RuntimeServices | None = None
         self._output_listeners: list[OutputListener] = []
+        self.closed = False
 
     @property
     def services(self) -> RuntimeServices:
@@ -145,7 +146,7 @@ class Runtime:
     async def close(self) -> None:
         """Cancel what still runs (jobs, replacements, closes), await it, free everything."""
         await self.runner.close()
-        for pool in [*self.pools.values(), *self._retired_pools]:
+        for pool in self.all_pools:
             await pool.close()
         await self.background.close()
         for c in [*self.containers.values(), *self._retired_containers]:
@@ -153,6 +154,11 @@ class Runtime:
         if self.clock is not None:
             self.clock.stop()
         self.io_executor.shutdown(wait=False)
+        self.closed = True
+
+    @property
+    def all_pools(self) -> list[InstancePool]:
+        return [*self.pools.values(), *self._retired_pools]
 
     # --- jobs (the runner's) ------------------------------------------------------
 

@@ -109,3 +109,41 @@ def _reset_logging() -> Any:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+def check_runtime_invariants(rt: Runtime) -> None:
+    """What must hold for every runtime once it is closed, whatever the test did."""
+    assert rt.budget.in_use == 0, f"{rt.budget.in_use} bytes of buffer budget never given back"
+    svc = rt.services
+    assert svc.active_streams == 0 and svc.streams_started == svc.streams_ended, \
+        f"streams started {svc.streams_started}, ended {svc.streams_ended}, active {svc.active_streams}"
+    for job in rt.jobs.values():
+        assert job.ends <= 1, f"job {job.id} ended {job.ends} times"
+        assert job.done.is_set() or job.state.final, f"job {job.id} never ended: {job.state}"
+        for d in job.deliveries:
+            assert d.outcome is not None, f"stream {d.correlation_id} of job {job.id} never ended"
+            assert d.held == 0 and not d.queue
+    assert len(rt.runner._scope) == 0 and len(rt.background) == 0
+    assert all(p.tasks == 0 for p in rt.all_pools)
+    loop = svc.loop
+    if not loop.is_closed():
+        left = [t for t in asyncio.all_tasks(loop) if t.get_name().startswith("chunkd:")]
+        assert not left, f"tasks left behind: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _runtime_invariants(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """After every test: each in-process Runtime it closed returned every byte of
+    budget, ended every stream and job exactly once, and left no task behind."""
+    made: list[Runtime] = []
+    orig = Runtime.__init__
+
+    def init(self: Runtime, *a: Any, **kw: Any) -> None:
+        orig(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(Runtime, "__init__", init)
+    yield
+    for rt in made:
+        if rt.closed and rt._services is not None:
+            check_runtime_invariants(rt)

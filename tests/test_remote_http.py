@@ -172,3 +172,19 @@ async def test_headers_from_environment(harness, origin: Origin, monkeypatch: py
     async with harness(containers=http_container(url, headers={"Authorization": "${ORIGIN_TOKEN}"})) as h:
         job = await h.run("probe", ["open s web a.bin", "read s 5"])
     assert job.state == COMPLETED and seen and all(v == "Bearer t0k3n" for v in seen)
+
+
+@pytest.mark.parametrize("budget", ["4MiB", "1MiB", "1536KiB"])
+async def test_read_unit_is_cut_to_fit_a_small_budget(harness, origin: Origin, budget: str) -> None:
+    # the default 8 MiB range unit with a budget below it used to kill the producer
+    # ("budget released more than acquired") and leave the job running for ever
+    data = os.urandom(20 * MiB + 7)
+    origin.put("big.bin", data)
+    url = f"http://127.0.0.1:{origin.port}/files"
+    container = {"web": {"kind": "http", "base_url": url, "timeout": "5s"}}  # range_size: the 8 MiB default
+    async with harness(containers=container, limits={"max_buffered_bytes": budget}) as h:
+        job = await asyncio.wait_for(h.run("probe", ["open s web big.bin", "start s 1048576 1"]), 60)
+        assert job.state == COMPLETED, job.error
+        check_clean(h.out(job), 1, data, MiB)
+        assert h.runtime.budget.in_use == 0
+        assert h.runtime.budget.peak <= h.runtime.budget.limit

@@ -1,0 +1,195 @@
+"""Fast in-process fakes for property tests of the delivery core: no wasm.
+
+FakeInstance is a real InstanceBase (the same thread, the same guarded-call
+and host-import code) whose guest is a Python script: it starts the streams
+a Plan describes, answers handle-chunk as the plan says, and can trap (a real
+wasmtime Trap) where the plan says. FakeBlob is a blob source with injected
+transient and permanent faults. FakePool and FakeRuntime give a JobRunner
+exactly what it needs, so a whole job runs through the real runner, stream
+set and deliveries.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from wasmtime import Trap
+
+from chunkd.config import ComponentConfig, Config, DaemonConfig, LimitsConfig
+from chunkd.errors import SourceError
+from chunkd.host import values
+from chunkd.host.instance import HostStream, InstanceBase
+from chunkd.hostservices import RuntimeServices
+from chunkd.jobrunner import JobRunner
+from chunkd.metrics import Metrics
+from chunkd.scheduler import BufferBudget, Pacer
+from chunkd.tasks import TaskScope
+
+
+class FakeBlob:
+    def __init__(self, data: bytes, *, known_size: bool, read_unit: int, faults: dict[int, bool]) -> None:
+        self.data = data
+        self.known_size = known_size
+        self.read_unit = read_unit
+        self.faults = dict(faults)  # read call number -> transient?
+        self.reads = 0
+        self.closed = 0
+
+    @property
+    def size(self) -> int | None:
+        return len(self.data) if self.known_size else None
+
+    async def read_at(self, offset: int, length: int) -> bytes:
+        n = self.reads
+        self.reads += 1
+        await asyncio.sleep(0)
+        if n in self.faults:
+            transient = self.faults.pop(n)
+            raise SourceError(f"injected {'transient' if transient else 'permanent'} fault at read {n}",
+                              transient=transient)
+        return self.data[offset:offset + length]
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+@dataclass
+class StreamPlan:
+    data: bytes
+    chunk_size: int
+    known_size: bool = True
+    read_unit: int = 0
+    pre_read: int = 0  # bytes the guest pulls with `read` before chunking
+    false_at: int | None = None  # handle-chunk answers false at this chunk
+    faults: dict[int, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    streams: list[StreamPlan]
+    invoke_error: bool = False
+    trap_in_invoke: bool = False
+    trap_at_call: int | None = None  # the n-th handle-chunk call (0-based) traps
+    trap_in_ended: bool = False
+    cancel_at_call: int | None = None  # operator cancel when the n-th handle-chunk call is made
+    shutdown_at_call: int | None = None  # the runner is drained (shutdown) at the n-th call
+
+
+@dataclass
+class Observed:
+    chunks: dict[int, list[tuple[int, int, bytes]]] = field(default_factory=dict)  # cid -> (current, total, data)
+    ended: dict[int, list[values.StreamEnd]] = field(default_factory=dict)
+    started: dict[int, values.StreamErr | None] = field(default_factory=dict)
+    calls: int = 0
+
+
+class FakeClock:
+    ticks = 0
+    engine: Any = None
+
+    @staticmethod
+    def ticks_for(seconds: float) -> int:
+        return max(1, round(seconds / 0.01))
+
+
+class FakeInstance(InstanceBase):
+    kind = "fake"
+
+    def __init__(self, plan: Plan, services: RuntimeServices, *, max_chunk_size: int,
+                 on_call: Any = None) -> None:
+        comp: Any = SimpleNamespace(name="fake")
+        super().__init__(comp, 0, services, FakeClock(), call_timeout_s=1.0,  # type: ignore[arg-type]
+                         memory_bytes=1 << 20, max_chunk_size=max_chunk_size)
+        self.plan = plan
+        self.seen = Observed()
+        self.blobs: list[FakeBlob] = []
+        self.on_call = on_call  # called on the instance thread with the call number
+        self.lock = threading.Lock()
+
+    def _instantiate(self) -> None:
+        self._store = SimpleNamespace(set_epoch_deadline=lambda ticks: None)  # type: ignore[assignment]
+
+    def _begin_call(self) -> None:
+        self._in_call = True
+
+    def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        for cid, sp in enumerate(self.plan.streams):
+            blob = FakeBlob(sp.data, known_size=sp.known_size, read_unit=sp.read_unit, faults={})
+            self.blobs.append(blob)
+            handle = self._next_handle
+            self._next_handle += 1
+            self.streams[handle] = HostStream(handle, "fake", f"blob{cid}", blob)
+            if sp.pre_read:
+                got = self.host_read(handle, sp.pre_read)
+                assert isinstance(got, bytes) and got == sp.data[:sp.pre_read], got
+            blob.faults = dict(sp.faults)  # faults apply to the chunked reads
+            self.seen.started[cid] = self.host_start_chunking(handle, sp.chunk_size, cid)
+        if self.plan.trap_in_invoke:
+            raise Trap("injected trap in invoke")
+        return (False, "injected invoke error") if self.plan.invoke_error else (True, "ok")
+
+    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+        n = self.seen.calls
+        self.seen.calls += 1
+        if self.on_call is not None:
+            self.on_call(n)
+        if n == self.plan.trap_at_call:
+            raise Trap("injected trap in handle-chunk")
+        self.seen.chunks.setdefault(correlation_id, []).append((current, total, bytes(data)))
+        return self.plan.streams[correlation_id].false_at != current
+
+    @property
+    def has_events(self) -> bool:
+        return True
+
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+        self.seen.ended.setdefault(correlation_id, []).append(end)
+        if self.plan.trap_in_ended:
+            raise Trap("injected trap in stream-ended")
+
+
+class FakePool:
+    def __init__(self, inst: FakeInstance, prefetch: int, meters: tuple[Any, Any, Any]) -> None:
+        self.inst = inst
+        self.cfg = SimpleNamespace(prefetch_chunks=prefetch)
+        self.pacer = Pacer(0)
+        self.meters = meters
+        self.given_back: list[InstanceBase] = []
+        self._idle: asyncio.Queue[FakeInstance] = asyncio.Queue()
+        self._idle.put_nowait(inst)
+
+    async def acquire(self) -> InstanceBase:
+        return await self._idle.get()
+
+    def give_back(self, inst: InstanceBase) -> None:
+        self.given_back.append(inst)
+
+
+class FakeRuntime:
+    """What a JobRunner reaches for on its runtime, and nothing more."""
+
+    def __init__(self, *, budget: int, max_chunk_size: int, retries: int, prefetch: int, plan: Plan,
+                 on_call: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.config = Config(file="fake.toml", daemon=DaemonConfig(),
+                             limits=LimitsConfig(max_chunk_size_bytes=max_chunk_size, max_buffered_bytes=budget,
+                                                 source_retries=retries, source_retry_backoff_s=0.0),
+                             containers={}, components={"fake": ComponentConfig(name="fake", path=None)})  # type: ignore[arg-type]
+        self.metrics = Metrics()
+        self.budget = BufferBudget(budget)
+        self.background = TaskScope("fake-runtime")
+        self.services = RuntimeServices(loop, self.config.limits, self.metrics, self.background)
+        self.inst = FakeInstance(plan, self.services, max_chunk_size=max_chunk_size, on_call=on_call)
+        m = self.metrics
+        meters = (m.handle_seconds.labels("fake"), m.chunks.labels("fake"), m.bytes.labels("fake"))
+        self.pool = FakePool(self.inst, prefetch, meters)
+        self.pools = {"fake": self.pool}
+        self.runner = JobRunner(self, None)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.runner.close()
+        await self.background.close()
+        await self.inst.close()
