@@ -101,7 +101,7 @@ def _client(args: argparse.Namespace) -> int:
         listen, token = cfg.daemon.listen, cfg.daemon.auth_token
     ep = client.endpoint_from(args.url, args.token, listen, token)
     if args.command == "submit":
-        # SPEC: `chunkd submit COMPONENT [ARGS...] [--wait]`: --wait may follow the args;
+        # the contract (docs/cli-and-api.md): `chunkd submit COMPONENT [ARGS...] [--wait]`: --wait may follow the args;
         # everything after a literal `--` goes to the component untouched.
         argv = list(args.args)
         cut = argv.index("--") if "--" in argv else len(argv)

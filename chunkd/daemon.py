@@ -22,6 +22,7 @@ from chunkd.errors import ChunkdError
 from chunkd.jobstore import SqliteJobStore
 from chunkd.notify import Notifier
 from chunkd.runtime import Runtime
+from chunkd.tasks import TaskScope
 
 log = structlog.get_logger("chunkd.daemon")
 
@@ -37,7 +38,7 @@ class Daemon:
         self.store = SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
         self.runtime = Runtime(config, store=self.store)
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._scope = TaskScope("daemon")  # the watchdog and the prune loop
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -88,11 +89,13 @@ class Daemon:
 
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
-            exit_wait = asyncio.ensure_future(self.should_exit.wait())
-            reload_wait = asyncio.ensure_future(self.reload_requested.wait())
-            await asyncio.wait({exit_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED)
-            for f in (exit_wait, reload_wait):
-                f.cancel()
+            waits = {asyncio.ensure_future(self.should_exit.wait()), asyncio.ensure_future(self.reload_requested.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in waits:
+                    f.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
             if self.reload_requested.is_set() and not self.should_exit.is_set():
                 self.reload_requested.clear()
                 await self.reload()
@@ -119,10 +122,7 @@ class Daemon:
         log.info("stopped")
 
     async def _close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._scope.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.runtime.close()
@@ -131,19 +131,16 @@ class Daemon:
     # --- helpers ---------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background_task_failed", task=name, error=repr(t.exception()))
-        task.add_done_callback(done)
+        self._scope.spawn(coro, name=name)
 
     async def _prune_loop(self) -> None:
         while True:
-            n = await self.runtime.prune(self.config.daemon.job_retention_s)
-            if n:
-                log.info("jobs_pruned", count=n)
+            try:
+                n = await self.runtime.prune(self.config.daemon.job_retention_s)
+                if n:
+                    log.info("jobs_pruned", count=n)
+            except Exception:  # the store may be busy or broken now: try again next time
+                log.exception("prune_failed")
             await asyncio.sleep(PRUNE_EVERY_S)
 
 

@@ -1,4 +1,4 @@
-"""The core-module fast path: the same SPEC section 2 rules, limits and faults, against
+"""The core-module fast path: the same delivery rules (docs/wit-and-delivery.md), limits and faults, against
 a hand-written C guest (tests/guests/core_probe) that speaks the canonical ABI."""
 from __future__ import annotations
 

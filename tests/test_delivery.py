@@ -1,4 +1,4 @@
-"""SPEC section 2, rule by rule, against the real probe component."""
+"""The delivery rules (docs/wit-and-delivery.md), rule by rule, against the real probe component."""
 from __future__ import annotations
 
 import hashlib

@@ -267,7 +267,7 @@ def test_client_commands(server: Callable[..., Server], tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "chunkd", *args], capture_output=True, text=True, timeout=120,
                               cwd=ROOT)
 
-    r = cli("submit", "-c", str(s.config), "sha256", "local", "a.bin", "--wait")  # SPEC's order
+    r = cli("submit", "-c", str(s.config), "sha256", "local", "a.bin", "--wait")  # the documented order
     assert r.returncode == 0, r.stderr
     assert f"{digest}  a.bin" in r.stdout and "completed" in r.stdout
     assert "100.0%" in r.stderr  # plain progress lines when not on a terminal

@@ -127,6 +127,7 @@ class InstanceBase:
         self._call_start_tick = 0
         self._waited_ticks = 0
         self._in_call = False
+        self._closed = False
 
     # --- lifecycle (loop side) ---------------------------------------------------
 
@@ -134,10 +135,22 @@ class InstanceBase:
         await self._on_thread(self._instantiate)
 
     async def close(self) -> None:
+        """Drop the store and close the blobs the guest still held (a stream being chunked
+        is its Delivery's to close). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self._on_thread(self._drop_store)
         finally:
             self._executor.shutdown(wait=False)
+            held = [s for s in self.streams.values() if not s.chunking]
+            self.streams.clear()
+            for s in held:
+                try:
+                    await s.blob.close()
+                except Exception as e:
+                    log.warning("blob_close_failed", instance=self.label, blob=s.name, error=str(e))
 
     async def settle(self) -> None:
         """Wait until no call runs on the instance thread (one cancelled on the loop side
@@ -250,6 +263,9 @@ class InstanceBase:
         fut = asyncio.run_coroutine_threadsafe(coro, self.services.loop)
         try:
             return fut.result(timeout=HOST_WAIT_LIMIT_S)
+        except TimeoutError:
+            fut.cancel()  # the loop-side task is this thread's: it does not outlive the wait
+            raise
         finally:
             if self._in_call and self._store is not None:
                 self._waited_ticks += self.clock.ticks - t0
