@@ -1,5 +1,10 @@
 """One chunked read: its producer, its queue of read-ahead chunks, its budget ledger.
 
+Direct mode (a `file` blob going to a core-module guest): there is no producer
+and no buffered byte. Each chunk is a DirectRead that the instance thread
+reads from the file straight into guest memory; read-ahead becomes a kernel
+hint (posix_fadvise WILLNEED over the next `prefetch_chunks` chunks).
+
 The producer reads ahead at most `prefetch_chunks` chunks (or one coalesced
 read unit of a remote source, cut to fit the budget) into a queue; the job's
 StreamSet (streamset.py) takes them round-robin and calls handle-chunk.
@@ -21,6 +26,7 @@ import structlog
 
 from chunkd.errors import SourceError
 from chunkd.host import values
+from chunkd.host.instance import DirectRead
 from chunkd.scheduler import BufferBudget, read_with_retry
 
 if TYPE_CHECKING:
@@ -32,9 +38,14 @@ log = structlog.get_logger("chunkd.delivery")
 @dataclass(slots=True)
 class Chunk:
     index: int
-    data: bytes
+    data: bytes | DirectRead  # DirectRead: read by the instance thread (direct mode)
     reserved: int  # budget bytes this chunk gives back when delivered or dropped
     unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
+
+    @property
+    def length(self) -> int:
+        d = self.data
+        return d.length if isinstance(d, DirectRead) else len(d)
 
 
 @dataclass(slots=True)
@@ -65,7 +76,7 @@ class Delivery:
 
     def __init__(self, *, component: str, stream: "HostStream", correlation_id: int, chunk_size: int,
                  start: int, prefetch: int, budget: BufferBudget, retries: int, backoff_s: float,
-                 on_ready: Callable[["Delivery"], None], job_id: str) -> None:
+                 on_ready: Callable[["Delivery"], None], job_id: str, direct_fd: int | None = None) -> None:
         self.stream = stream
         self.correlation_id = correlation_id
         self.chunk_size = chunk_size
@@ -90,6 +101,31 @@ class Delivery:
         self.task: asyncio.Task[None] | None = None
         self.log = log.bind(component=component, job_id=job_id, correlation_id=correlation_id,
                             container=stream.container, blob=stream.name)
+        # direct mode: chunks are read on the instance thread, nothing is buffered here
+        self.direct_fd = direct_fd if size is not None else None
+        self._prefetch = max(prefetch, 1)
+        self._next = 0  # direct mode: the next chunk to hand out
+
+    @property
+    def direct(self) -> bool:
+        return self.direct_fd is not None
+
+    def has_next(self) -> bool:
+        if self.direct_fd is not None:
+            return self.outcome is None and self._next < self.total_chunks
+        return bool(self.queue)
+
+    def take_direct(self) -> Chunk:
+        """Direct mode: the next chunk, as a DirectRead for the instance thread."""
+        assert self.direct_fd is not None
+        i = self._next
+        self._next += 1
+        offset = self.start + i * self.chunk_size
+        assert self.size is not None
+        length = max(0, min(self.chunk_size, self.size - offset))
+        # hint the next window once per window, not once per chunk
+        advise = self._prefetch * self.chunk_size if i % self._prefetch == 0 else 0
+        return Chunk(i, DirectRead(self.direct_fd, offset, length, advise), 0)
 
     @property
     def name(self) -> str:
@@ -169,10 +205,12 @@ class Delivery:
     def consumed(self, chunk: Chunk) -> None:
         self.dropped(chunk)
         self.stats.chunks += 1
-        self.stats.bytes += len(chunk.data)
+        self.stats.bytes += chunk.length
 
     def dropped(self, chunk: Chunk) -> None:
         """A chunk leaves the queue (delivered or not): its room goes back."""
+        if self.direct_fd is not None:
+            return
         self._give(chunk.reserved)
         if chunk.unit_end:
             self._slots.release()

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from chunkd.delivery import Chunk, Delivery, End
-from chunkd.errors import GuestTrap
+from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
+from chunkd.host.instance import Answer, HandleCall
 from chunkd.jobs import JobState
 from chunkd.scheduler import BufferBudget, Pacer
 
@@ -131,15 +132,22 @@ class StreamSet:
     def _schedule_requests(self) -> None:
         job = self.job
         s = self.settings
+        direct = self.inst.direct_reads
         for req in job.take_requests():
+            fd = getattr(req.stream.blob, "direct_fd", None) if direct else None
             d = Delivery(component=self.inst.comp.name, stream=req.stream, correlation_id=req.correlation_id,
                          chunk_size=req.chunk_size, start=req.start, prefetch=s.prefetch, budget=self.budget,
-                         retries=s.retries, backoff_s=s.backoff_s, on_ready=job.mark_ready, job_id=job.id)
+                         retries=s.retries, backoff_s=s.backoff_s, on_ready=job.mark_ready, job_id=job.id,
+                         direct_fd=fd)
             job.deliveries.append(d)
             job.open_streams += 1
             d.log.info("stream_started", chunk_size=d.chunk_size, size=d.size, total_chunks=d.total_chunks,
-                       start_offset=d.start)
-            if self._tg is not None:
+                       start_offset=d.start, direct=d.direct)
+            if self._tg is None:
+                continue  # closing: it ends at once
+            if d.direct:
+                job.mark_ready(d)  # nothing to read ahead: the instance thread reads each chunk
+            else:
                 d.task = self._tg.create_task(d.produce(), name=f"chunkd:produce:{job.id}:{d.correlation_id}")
 
     async def _deliver(self) -> None:
@@ -168,36 +176,42 @@ class StreamSet:
             batch: list[tuple[Delivery, Chunk]] = []
             nbytes = 0
             limit = 1 if paced else BATCH_CHUNKS
-            while job.ready_streams and len(batch) < limit and nbytes < BATCH_BYTES:
-                d = job.ready_streams[0]
-                if d.outcome is not None or not d.queue:
-                    job.ready_streams.popleft()
+            ready = job.ready_streams
+            while ready and len(batch) < limit and nbytes < BATCH_BYTES:
+                d = ready[0]
+                if d.outcome is not None or not d.has_next():
+                    ready.popleft()
                     d.in_ready = False
                     continue
-                head = d.queue[0]
-                if isinstance(head, End):
-                    if batch:
-                        break  # ends are told after the chunks before them
-                    job.ready_streams.popleft()
-                    d.in_ready = False
+                if d.direct_fd is not None:
+                    item = d.take_direct()
+                else:
+                    head = d.queue[0]
+                    if isinstance(head, End):
+                        if batch:
+                            break  # ends are told after the chunks before them
+                        ready.popleft()
+                        d.in_ready = False
+                        d.queue.popleft()
+                        await self._end(d, head.end, tell_guest=True)
+                        break
                     d.queue.popleft()
-                    await self._end(d, head.end, tell_guest=True)
-                    break
-                job.ready_streams.popleft()
+                    item = head
+                ready.popleft()
                 d.in_ready = False
-                d.queue.popleft()
-                if d.queue:  # more ready: back of the line, after the other streams
+                if d.has_next():  # more ready: back of the line, after the other streams
                     job.mark_ready(d)
-                batch.append((d, head))
-                nbytes += len(head.data)
+                batch.append((d, item))
+                nbytes += item.length
             if batch:
                 await self._deliver_batch(batch)
 
     async def _deliver_batch(self, batch: list[tuple[Delivery, Chunk]]) -> None:
         pacer = self.settings.pacer
         if pacer.rate > 0:
-            await pacer.take(sum(len(c.data) for _, c in batch))
-        calls = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data) for d, c in batch]
+            await pacer.take(sum(c.length for _, c in batch))
+        calls: list[HandleCall] = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data)
+                                   for d, c in batch]
         try:
             answers, seconds, error = await self.inst.handle_chunks(calls)
         except BaseException:
@@ -207,20 +221,27 @@ class StreamSet:
         m_seconds, m_chunks, m_bytes = self.settings.meters
         ends: list[tuple[Delivery, values.StreamEnd]] = []
         # account for every chunk of the batch first: an end told to the guest may trap
-        padded_answers: list[bool | None] = answers + [None] * (len(batch) - len(answers))
+        padded_answers: list[Answer] = answers + [None] * (len(batch) - len(answers))
         padded_seconds = seconds + [0.0] * (len(batch) - len(seconds))
+        delivered = nbytes = 0
         for (d, c), more, took in zip(batch, padded_answers, padded_seconds, strict=True):
             if more is None:  # not delivered: the stream ended earlier in the batch, or the guest trapped
                 d.dropped(c)
                 continue
+            if isinstance(more, SourceError):  # a direct read failed: the guest was not called
+                d.dropped(c)
+                ends.append((d, values.failed(str(more))))
+                continue
             d.consumed(c)
             m_seconds.observe(took)
-            m_chunks.inc()
-            m_bytes.inc(len(c.data))
+            delivered += 1
+            nbytes += c.length
             if not more:
                 ends.append((d, values.CANCELLED))
             elif d.is_last(c):
                 ends.append((d, values.COMPLETED))
+        m_chunks.inc(delivered)
+        m_bytes.inc(nbytes)
         for d, end in ends:
             await self._end(d, end, tell_guest=error is None)
         if error is not None:

@@ -2,6 +2,7 @@
 a hand-written C guest (tests/guests/core_probe) that speaks the canonical ABI."""
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import shutil
@@ -142,3 +143,27 @@ def test_check_names_the_path_and_refuses_bad_core_modules(tmp_path: Path, state
     assert main(["check", "-c", str(bad)]) == EXIT_CONFIG
     out = capsys.readouterr().out
     assert "component wasi: FAIL" in out and "wasi_snapshot_preview1/fd_write" in out
+
+
+async def test_file_chunks_go_straight_into_guest_memory(harness, blobs: Path) -> None:
+    # direct mode: the instance thread preadv()s each chunk into the guest's buffer, so
+    # chunkd buffers nothing for a file stream and the bytes still arrive exactly
+    data = make_blob(blobs, "d.bin", 3_000_001)
+    async with harness(components=CORE) as h:
+        job, log = await run_and_report(h, ["local", "d.bin", "65536", "5", "-1", "log"])
+        assert job.state == COMPLETED and job.deliveries[0].direct
+        assert h.runtime.budget.peak == 0
+    assert log[-1] == f"ended 5 0 {fnv(data)}"
+
+
+async def test_direct_read_of_a_file_that_shrinks_ends_failed(harness, blobs: Path) -> None:
+    make_blob(blobs, "s.bin", 1 << 20)
+    async with harness(components={"core": {"guest": "core_probe", "max_bytes_per_second": "512KiB"}}) as h:
+        job = h.runtime.submit("core", ["local", "s.bin", "65536", "5", "-1", "log"])
+        while not (job.deliveries and job.deliveries[0].stats.chunks >= 2):
+            await asyncio.sleep(0.01)
+        os.truncate(blobs / "s.bin", 200_000)
+        await asyncio.wait_for(job.done.wait(), 30)
+    assert job.state == FAILED
+    assert "changed size" in str(job.deliveries[0].outcome), job.deliveries[0].outcome
+    assert job.deliveries[0].stats.bytes <= 200_000

@@ -27,7 +27,8 @@ from wasmtime import _ffi as ffi
 from wasmtime._func import maybe_raise_last_exn
 
 from chunkd.host import values
-from chunkd.host.instance import InstanceBase
+from chunkd.errors import SourceError
+from chunkd.host.instance import DirectRead, InstanceBase, read_exactly_into
 from chunkd.host.wit import (BLOBS_IFACE, CORE_HOST_FUNCS, EXPORT_ENDED, EXPORT_HANDLE, EXPORT_INVOKE,
                              TYPES_IFACE)
 
@@ -107,8 +108,14 @@ class CoreInstance(InstanceBase):
         super().__init__(*args, **kw)
         self._mem: Memory | None = None
         self._exports: dict[str, RawFunc] = {}
+        self._handle: RawFunc | None = None
+        self._handle_post: RawFunc | None = None
+        self._memview: memoryview | None = None
+        self._memview_key: tuple[int, int] = (0, 0)
 
     def _drop_store(self) -> None:
+        self._memview = None
+        self._handle = self._handle_post = None
         self._exports.clear()
         self._mem = None
         self._store = None
@@ -257,11 +264,46 @@ class CoreInstance(InstanceBase):
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
         p = self._alloc(len(data), 1)
         self._put(p, data)
-        r = self._export(EXPORT_HANDLE)(handle, _s64(correlation_id), _s64(current), _s64(total), p, len(data))
-        post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
-        if post is not None:
-            post(r)
+        return self._call_handle(handle, correlation_id, current, total, p, len(data))
+
+    direct_reads = True
+
+    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int, r: DirectRead) -> bool:
+        """The file chunk goes from the page cache straight into a buffer from the guest's
+        own allocator (preadv into a bounds-checked view of its memory): one copy, done
+        by the kernel, with the GIL released."""
+        n = r.length
+        p = self._alloc(n, 1)
+        if n:
+            t0 = self.clock.ticks
+            got = read_exactly_into(r.fd, self._view(p, n), r.offset)
+            if got != n:
+                raise SourceError(f"blob changed size: got {got} bytes at offset {r.offset}, expected {n}")
+            if self.clock.ticks != t0:  # a slow read is host time: the guest's call gets its full budget
+                self._st.set_epoch_deadline(self.call_timeout_ticks)
+        return self._call_handle(handle, correlation_id, current, total, p, n)
+
+    def _call_handle(self, handle: int, correlation_id: int, current: int, total: int, p: int, n: int) -> bool:
+        if self._handle is None:
+            self._handle = self._export(EXPORT_HANDLE)
+            self._handle_post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
+        r = self._handle(handle, _s64(correlation_id), _s64(current), _s64(total), p, n)
+        if self._handle_post is not None:
+            self._handle_post(r)
         return bool(r)
+
+    def _view(self, ptr: int, n: int) -> memoryview:
+        """A writable view of guest bytes [ptr, ptr+n), bounds-checked; the whole-memory
+        view is rebuilt only when the memory moved or grew."""
+        assert self._mem is not None
+        size = self._mem.data_len(self._st)
+        if ptr < 0 or n < 0 or ptr + n > size:
+            raise AbiViolation(f"guest pointer {ptr}+{n} is outside its memory")
+        base = ctypes.addressof(self._mem.data_ptr(self._st).contents)
+        if self._memview is None or self._memview_key != (base, size):
+            self._memview = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")
+            self._memview_key = (base, size)
+        return self._memview[ptr:ptr + n]
 
     @property
     def has_events(self) -> bool:

@@ -17,6 +17,7 @@ to the call's epoch budget: call_timeout counts guest time only.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,37 @@ HOST_WAIT_LIMIT_S = 600.0
 MAX_OUTPUT_LINE = 64 * 1024
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRead:
+    """A chunk the instance thread reads itself, from `fd` at `offset`, straight into
+    guest memory (the core path for `file` sources): no bytes object, no I/O-thread hop.
+    `advise` bytes after it are hinted to the kernel (posix_fadvise WILLNEED)."""
+
+    fd: int
+    offset: int
+    length: int
+    advise: int = 0
+
+
+ChunkData = bytes | DirectRead
+# (handle, correlation-id, current-chunk, total-chunks, data); an answer is the guest's
+# bool, None when the call was skipped, or the SourceError a direct read raised
+HandleCall = tuple[int, int, int, int, ChunkData]
+Answer = bool | SourceError | None
+
+
+def read_exactly_into(fd: int, view: memoryview, offset: int) -> int:
+    """preadv until `view` is full or the file ends; the GIL is released while it reads."""
+    got = 0
+    n = len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k == 0:
+            break
+        got += k
+    return got
 
 
 @dataclass
@@ -177,6 +209,16 @@ class InstanceBase:
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
         raise NotImplementedError
 
+    # a kind that reads DirectRead chunks straight into guest memory says so
+    direct_reads = False
+
+    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int, r: DirectRead) -> bool:
+        """Fallback for kinds without direct reads: read into bytes here, then the usual call."""
+        data = os.pread(r.fd, r.length, r.offset) if r.length else b""
+        if len(data) != r.length:
+            raise SourceError(f"blob changed size: got {len(data)} bytes at offset {r.offset}, expected {r.length}")
+        return self._handle_chunk(handle, correlation_id, current, total, data)
+
     def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         raise NotImplementedError
 
@@ -189,33 +231,51 @@ class InstanceBase:
     async def invoke(self, args: list[str]) -> tuple[bool, str]:
         return await self._on_thread(self._guarded, "invoke", self._invoke, args)
 
-    async def handle_chunks(self, calls: list[tuple[int, int, int, int, bytes]]
-                            ) -> tuple[list[bool | None], list[float], GuestTrap | None]:
+    async def handle_chunks(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
         """Several handle-chunk calls in one trip to the instance thread, in order.
 
         Returns one answer per call made (None: skipped, because an earlier call of the
-        batch answered false for that correlation-id), each call's duration, and the
-        trap that stopped the batch, if any (later calls are not made)."""
-        def run() -> tuple[list[bool | None], list[float], GuestTrap | None]:
-            answers: list[bool | None] = []
-            seconds: list[float] = []
-            stopped: set[int] = set()
-            for handle, cid, current, total, data in calls:
-                if cid in stopped:
-                    answers.append(None)
-                    seconds.append(0.0)
-                    continue
-                t0 = time.perf_counter()
-                try:
+        batch ended that correlation-id; a SourceError: a direct read failed, so the
+        guest was not called), each call's duration, and the trap that stopped the
+        batch, if any (later calls are not made)."""
+        return await self._on_thread(self._run_batch, calls)
+
+    def _run_batch(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+        answers: list[Answer] = []
+        seconds: list[float] = []
+        stopped: set[int] = set()
+        clock = time.perf_counter
+        for handle, cid, current, total, data in calls:
+            if cid in stopped:
+                answers.append(None)
+                seconds.append(0.0)
+                continue
+            t0 = clock()
+            try:
+                if type(data) is DirectRead:
+                    if data.advise:
+                        _advise(data.fd, data.offset + data.length, data.advise)
+                    more = self._guarded("handle-chunk", self._handle_direct, handle, cid, current, total, data)
+                else:
                     more = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, data)
-                except GuestTrap as e:
-                    return answers, seconds, e
-                seconds.append(time.perf_counter() - t0)
-                answers.append(more)
-                if not more:
-                    stopped.add(cid)
-            return answers, seconds, None
-        return await self._on_thread(run)
+            except GuestTrap as e:
+                return answers, seconds, e
+            except SourceError as e:
+                answers.append(e)
+                seconds.append(clock() - t0)
+                stopped.add(cid)
+                continue
+            except OSError as e:
+                answers.append(SourceError(f"read failed at offset {getattr(data, 'offset', '?')}: "
+                                           f"{e.strerror or e}"))
+                seconds.append(clock() - t0)
+                stopped.add(cid)
+                continue
+            seconds.append(clock() - t0)
+            answers.append(more)
+            if not more:
+                stopped.add(cid)
+        return answers, seconds, None
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:
@@ -329,3 +389,10 @@ class InstanceBase:
         s.ended = True
         if s.handle_dropped:
             self.streams.pop(s.handle, None)
+
+
+def _advise(fd: int, offset: int, length: int) -> None:
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # a hint only

@@ -32,6 +32,11 @@ class FileBlob:
     def size(self) -> int | None:
         return self._size
 
+    @property
+    def direct_fd(self) -> int | None:
+        """The descriptor a core guest's instance thread may preadv from (regular files)."""
+        return self._f.fileno() if self._size is not None else None
+
     async def read_at(self, offset: int, length: int) -> bytes:
         if length <= 0 or (self._size is not None and offset >= self._size):
             return b""
