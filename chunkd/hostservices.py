@@ -62,6 +62,11 @@ class RuntimeServices:
             raise SourceError(f"no container named {container!r}")
         return await c.open(name)
 
+    def open_blob_now(self, container: str, name: str) -> "Blob | None":
+        c = self.containers.get(container)
+        open_now = getattr(c, "open_now", None)
+        return None if open_now is None else open_now(name, pipes=False)
+
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes:
         lim = self.limits
         return await read_with_retry(blob, offset, length, lim.source_retries, lim.source_retry_backoff_s)

@@ -26,7 +26,7 @@ from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime._func import maybe_raise_last_exn
 
-from chunkd.host import values
+from chunkd.host import rawffi, values
 from chunkd.errors import SourceError
 from chunkd.host.instance import DirectRead, InstanceBase, read_exactly_into
 from chunkd.host.wit import (BLOBS_IFACE, CORE_HOST_FUNCS, EXPORT_ENDED, EXPORT_HANDLE, EXPORT_INVOKE,
@@ -70,35 +70,37 @@ class RawFunc:
         self._ctx = store._context()
         self._n = len(kinds)
         self._params = (ffi.wasmtime_val_t * max(1, self._n))()
-        self._is64 = [k == "i64" for k in kinds]
+        # one setter per parameter, bound once: params[i].of is a union view into the array
+        self._slots = [(self._params[i].of, "i64" if k == "i64" else "i32") for i, k in enumerate(kinds)]
         for i, k in enumerate(kinds):
             self._params[i].kind = _KINDS[k]  # type: ignore[assignment]
         self._nres = len(results)
         self._results = (ffi.wasmtime_val_t * max(1, self._nres))()
+        self._res = self._results[0].of
+        self._res64 = bool(results) and results[0] == "i64"
         self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        self._trap_ref = ctypes.byref(self._trap)
+        self._c_n = ctypes.c_size_t(self._n)
+        self._c_nres = ctypes.c_size_t(self._nres)
 
     def __call__(self, *args: int) -> int:
-        p = self._params
-        for i, a in enumerate(args):
-            if self._is64[i]:
-                p[i].of.i64 = a
-            else:
-                p[i].of.i32 = a
-        err = ffi.wasmtime_func_call(self._ctx, self._fref, p, self._n, self._results, self._nres,
-                                     ctypes.byref(self._trap))
+        for (of, field), a in zip(self._slots, args):
+            setattr(of, field, a)
+        err = rawffi.func_call(self._ctx, self._fref, self._params, self._c_n, self._results, self._c_nres,
+                               self._trap_ref)
         if self._trap:
             trap = Trap._from_ptr(self._trap)
             self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+            self._trap_ref = ctypes.byref(self._trap)
             maybe_raise_last_exn()
             raise trap
         if err:
-            error = WasmtimeError._from_ptr(err)
+            error = rawffi.error_from(err)
             maybe_raise_last_exn()
             raise error
         if not self._nres:
             return 0
-        r = self._results[0]
-        return int(r.of.i64 if int(r.kind) == ffi.WASMTIME_I64.value else r.of.i32)
+        return int(self._res.i64 if self._res64 else self._res.i32)
 
 
 class CoreInstance(InstanceBase):
@@ -111,11 +113,13 @@ class CoreInstance(InstanceBase):
         self._handle: RawFunc | None = None
         self._handle_post: RawFunc | None = None
         self._memview: memoryview | None = None
-        self._memview_key: tuple[int, int] = (0, 0)
+        self._mem_args: tuple[Any, Any] | None = None
+        self._realloc: RawFunc | None = None
 
     def _drop_store(self) -> None:
         self._memview = None
-        self._handle = self._handle_post = None
+        self._mem_args = None
+        self._handle = self._handle_post = self._realloc = None
         self._exports.clear()
         self._mem = None
         self._store = None
@@ -273,14 +277,15 @@ class CoreInstance(InstanceBase):
         own allocator (preadv into a bounds-checked view of its memory): one copy, done
         by the kernel, with the GIL released."""
         n = r.length
-        p = self._alloc(n, 1)
+        if self._realloc is None:
+            self._realloc = self._export("cabi_realloc")
+        p = self._realloc(0, 0, 1, n) & 0xFFFFFFFF  # bounds-checked by _view
         if n:
             t0 = self.clock.ticks
             got = read_exactly_into(r.fd, self._view(p, n), r.offset)
             if got != n:
                 raise SourceError(f"blob changed size: got {got} bytes at offset {r.offset}, expected {n}")
-            if self.clock.ticks != t0:  # a slow read is host time: the guest's call gets its full budget
-                self._st.set_epoch_deadline(self.call_timeout_ticks)
+            self._give_back_host_time(t0)  # a slow read is host time, not the guest's
         return self._call_handle(handle, correlation_id, current, total, p, n)
 
     def _call_handle(self, handle: int, correlation_id: int, current: int, total: int, p: int, n: int) -> bool:
@@ -294,15 +299,17 @@ class CoreInstance(InstanceBase):
 
     def _view(self, ptr: int, n: int) -> memoryview:
         """A writable view of guest bytes [ptr, ptr+n), bounds-checked; the whole-memory
-        view is rebuilt only when the memory moved or grew."""
+        view is rebuilt only when the memory grew or moved."""
         assert self._mem is not None
-        size = self._mem.data_len(self._st)
+        if self._mem_args is None:
+            self._mem_args = (self._st._context(), ctypes.byref(self._mem._memory))
+        ctx, mref = self._mem_args
+        size = rawffi.memory_data_size(ctx, mref)
         if ptr < 0 or n < 0 or ptr + n > size:
             raise AbiViolation(f"guest pointer {ptr}+{n} is outside its memory")
-        base = ctypes.addressof(self._mem.data_ptr(self._st).contents)
-        if self._memview is None or self._memview_key != (base, size):
+        if self._memview is None or len(self._memview) != size:  # a memory only moves when it grows
+            base = rawffi.memory_data(ctx, mref) or 0
             self._memview = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")
-            self._memview_key = (base, size)
         return self._memview[ptr:ptr + n]
 
     @property

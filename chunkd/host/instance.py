@@ -17,6 +17,7 @@ to the call's epoch budget: call_timeout counts guest time only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ import structlog
 from wasmtime import Store, Trap, TrapCode, WasmtimeError
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
-from chunkd.host import values
+from chunkd.host import rawffi, values
 from chunkd.host.component import LoadedComponent
 from chunkd.host.engine import EpochClock
 
@@ -99,6 +100,11 @@ class HostServices(Protocol):
 
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes: ...
 
+    def open_blob_now(self, container: str, name: str) -> "Blob | None":
+        """Called on the instance thread: open at once when the source can without the
+        loop (a regular file), else None (then open_blob runs on the loop)."""
+        ...
+
     def start_chunking(self, inst: "InstanceBase", stream: HostStream, chunk_size: int,
                        correlation_id: int) -> values.StreamErr | None:
         """Called on the instance thread; None on success, else a stream-error."""
@@ -160,6 +166,9 @@ class InstanceBase:
         self._waited_ticks = 0
         self._in_call = False
         self._closed = False
+        self._ctx: Any = None
+        self._ctx_of: Store | None = None
+        self._c_timeout = ctypes.c_uint64(self.call_timeout_ticks)
 
     # --- lifecycle (loop side) ---------------------------------------------------
 
@@ -284,11 +293,15 @@ class InstanceBase:
     # --- call bookkeeping (instance thread) ---------------------------------------
 
     def _begin_call(self) -> None:
-        assert self._store is not None
+        store = self._store
+        assert store is not None
         self._call_start_tick = self.clock.ticks
         self._waited_ticks = 0
         self._in_call = True
-        self._store.set_epoch_deadline(self.call_timeout_ticks)
+        if self._ctx_of is not store:  # the raw context of this store, looked up once
+            self._ctx = store._context()
+            self._ctx_of = store
+        rawffi.set_epoch_deadline(self._ctx, self._c_timeout)
 
     def _guarded(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """One export call: fresh epoch budget; a trap or timeout breaks the instance."""
@@ -327,16 +340,25 @@ class InstanceBase:
             fut.cancel()  # the loop-side task is this thread's: it does not outlive the wait
             raise
         finally:
-            if self._in_call and self._store is not None:
-                self._waited_ticks += self.clock.ticks - t0
-                used = self.clock.ticks - self._call_start_tick - self._waited_ticks
-                self._store.set_epoch_deadline(max(1, self.call_timeout_ticks - used))
+            self._give_back_host_time(t0)
+
+    def _give_back_host_time(self, t0: int) -> None:
+        """Ticks since `t0` were spent in the host, not the guest: restore them to the call."""
+        if self._in_call and self._store is not None and self.clock.ticks != t0:
+            self._waited_ticks += self.clock.ticks - t0
+            used = self.clock.ticks - self._call_start_tick - self._waited_ticks
+            self._store.set_epoch_deadline(max(1, self.call_timeout_ticks - used))
 
     # --- host side of the chunkd imports, neutral values (instance thread) --------
 
     def host_open(self, container: str, name: str) -> int | values.StreamErr:
         try:
-            blob = self._wait_on_loop(self.services.open_blob(container, name))
+            t0 = self.clock.ticks
+            try:
+                now = self.services.open_blob_now(container, name)  # a local file: no loop hop
+            finally:
+                self._give_back_host_time(t0)
+            blob = now if now is not None else self._wait_on_loop(self.services.open_blob(container, name))
         except ChunkdError as e:
             return values.err_failed(str(e))
         except TimeoutError:

@@ -12,21 +12,22 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 import aiofiles
-import aiofiles.os
 import aiofiles.threadpool.binary
 
 from chunkd.errors import BlobNotFound, NameRefused, SourceError
 
 
 class FileBlob:
-    """A regular file (size known), or a named pipe (size unknown, read in order)."""
+    """A regular file (size known, positional reads), or a named pipe (size unknown,
+    read in order through aiofiles)."""
 
-    def __init__(self, f: aiofiles.threadpool.binary.AsyncBufferedReader, size: int | None,
-                 executor: Executor | None = None) -> None:
-        self._f = f
+    def __init__(self, fd: int, size: int | None, executor: Executor | None = None) -> None:
+        self._fd = fd
         self._size = size
         self._pos = 0
         self._executor = executor
+        self._pipe: aiofiles.threadpool.binary.AsyncFileIO | None = None
+        self._closed = False
 
     @property
     def size(self) -> int | None:
@@ -35,7 +36,7 @@ class FileBlob:
     @property
     def direct_fd(self) -> int | None:
         """The descriptor a core guest's instance thread may preadv from (regular files)."""
-        return self._f.fileno() if self._size is not None else None
+        return self._fd if self._size is not None and not self._closed else None
 
     async def read_at(self, offset: int, length: int) -> bytes:
         if length <= 0 or (self._size is not None and offset >= self._size):
@@ -44,13 +45,15 @@ class FileBlob:
             if self._size is not None:
                 # one positional read, one thread hop (seek + read would be two)
                 return await asyncio.get_running_loop().run_in_executor(
-                    self._executor, os.pread, self._f.fileno(), min(length, self._size - offset), offset)
+                    self._executor, os.pread, self._fd, min(length, self._size - offset), offset)
             if offset != self._pos:
                 raise SourceError(f"a pipe can only be read in order (at {self._pos}, asked for {offset})")
+            if self._pipe is None:
+                self._pipe = await aiofiles.open(self._fd, "rb", buffering=0, closefd=False, executor=self._executor)
             parts: list[bytes] = []
             got = 0
             while got < length:
-                part = await self._f.read(length - got)
+                part = await self._pipe.read(length - got)
                 if not part:
                     break
                 parts.append(part)
@@ -61,7 +64,12 @@ class FileBlob:
             raise SourceError(f"read failed at offset {offset}: {e.strerror or e}", transient=True) from None
 
     async def close(self) -> None:
-        await self._f.close()
+        if self._closed:
+            return
+        self._closed = True
+        if self._pipe is not None:
+            await self._pipe.close()
+        os.close(self._fd)
 
 
 class FileContainer:
@@ -85,29 +93,36 @@ class FileContainer:
             raise NameRefused(f"{name!r} leads outside container {self.name!r}")
         return real
 
-    async def open(self, name: str) -> FileBlob:
+    def open_now(self, name: str, *, pipes: bool = True) -> FileBlob | None:
+        """Resolve, stat and open `name` synchronously: run on an executor thread by
+        `open`, or directly on an instance thread (no hop through the event loop) with
+        pipes=False, when a pipe (whose open waits for a writer) answers None."""
         path = self.resolve(name)
         try:
-            st = await aiofiles.os.stat(path, executor=self._executor)
+            st = os.stat(path)
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {name!r} in container {self.name!r}") from None
         except OSError as e:
             raise SourceError(f"cannot stat {name!r}: {e.strerror or e}") from None
-        if stat.S_ISREG(st.st_mode):
-            size: int | None = st.st_size
-        elif stat.S_ISFIFO(st.st_mode):
-            size = None  # streamed in order, total-chunks 0
-        else:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
             raise BlobNotFound(f"{name!r} in container {self.name!r} is not a regular file or a pipe")
+        if stat.S_ISFIFO(st.st_mode) and not pipes:
+            return None
         try:
-            f = await aiofiles.open(path, "rb", executor=self._executor)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {name!r} in container {self.name!r}") from None
         except OSError as e:
             raise SourceError(f"cannot open {name!r}: {e.strerror or e}") from None
-        if size is not None:
-            size = os.fstat(f.fileno()).st_size  # the file we actually opened
-        return FileBlob(f, size, self._executor)
+        st = os.fstat(fd)  # the file we actually opened
+        if stat.S_ISFIFO(st.st_mode):
+            return FileBlob(fd, None, self._executor)  # streamed in order, total-chunks 0
+        return FileBlob(fd, st.st_size, self._executor)
+
+    async def open(self, name: str) -> FileBlob:
+        blob = await asyncio.get_running_loop().run_in_executor(self._executor, self.open_now, name)
+        assert blob is not None
+        return blob
 
     async def close(self) -> None:
         pass
