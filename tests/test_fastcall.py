@@ -16,7 +16,7 @@ from tests.test_delivery import ended
 @pytest.mark.parametrize("limit", [fastcall.CACHE_LIMIT_BYTES, 32 * 3000])
 async def test_reused_regrown_and_per_call_lists_deliver_exact_bytes(
         harness, blobs: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
-    monkeypatch.setattr(fastcall, "CACHE_LIMIT_BYTES", limit)
+    monkeypatch.setattr(fastcall, "cache_limit_for", lambda max_chunk_size: limit)
     a = make_blob(blobs, "a.bin", 50_001, seed=1)
     b = make_blob(blobs, "b.bin", 20_000, seed=2)
     c = make_blob(blobs, "c.bin", 7, seed=3)
@@ -32,3 +32,8 @@ async def test_reused_regrown_and_per_call_lists_deliver_exact_bytes(
 
 def test_allocator_tuning_is_applied() -> None:
     assert fastcall.tune_allocator() is True
+
+
+def test_the_kept_list_covers_every_allowed_chunk() -> None:
+    assert fastcall.cache_limit_for(4 * 1024 * 1024) == 32 * 4 * 1024 * 1024
+    assert fastcall.cache_limit_for(1024) == fastcall.CACHE_LIMIT_BYTES

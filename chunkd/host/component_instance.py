@@ -10,7 +10,7 @@ from typing import Any
 from wasmtime import Store, WasiConfig
 from wasmtime.component import Func, Linker, ResourceHost, ResourceType
 
-from chunkd.host import values
+from chunkd.host import fastcall, values
 from chunkd.host.fastcall import PreparedHandleChunk
 from chunkd.host.instance import InstanceBase, _LineBuffer
 from chunkd.host.wit import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
@@ -94,7 +94,9 @@ class ComponentInstance(InstanceBase):
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
         if self._prepared is None:
             assert self._store is not None
-            self._prepared = PreparedHandleChunk(self._funcs["handle-chunk"], self._store, STREAM_RESOURCE_ID)
+            # the list storage is kept up to the largest chunk this daemon allows
+            self._prepared = PreparedHandleChunk(self._funcs["handle-chunk"], self._store, STREAM_RESOURCE_ID,
+                                                 cache_limit=fastcall.cache_limit_for(self.max_chunk_size))
         return self._prepared(handle, correlation_id, current, total, data)
 
     @property

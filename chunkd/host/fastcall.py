@@ -7,7 +7,9 @@ per call only the three u64 values, the borrowed handle and the payload bytes
 of the list change. The list storage is kept between calls (the call only
 reads its arguments; tests/test_fastcall.py checks that) with the kind byte
 of every element set once, so a chunk costs one strided numpy write of its
-bytes. Lists above CACHE_LIMIT_BYTES of C values are built per call instead.
+bytes. The kept storage grows to the largest chunk seen, up to `cache_limit`
+bytes of C values (the runtime passes 32 x max_chunk_size, so every allowed
+chunk size is served from it); larger lists are built per call instead.
 """
 from __future__ import annotations
 
@@ -25,11 +27,18 @@ from chunkd.host import values
 
 VAL_SIZE = ctypes.sizeof(ffi.wasmtime_component_val_t)
 PAYLOAD = ffi.wasmtime_component_val_t.of.offset
-CACHE_LIMIT_BYTES = 64 * 1024 * 1024  # kept C value storage: chunks up to 2 MiB
+CACHE_LIMIT_BYTES = 64 * 1024 * 1024  # default kept C value storage: chunks up to 2 MiB
+
+
+def cache_limit_for(max_chunk_size: int) -> int:
+    """Kept list storage, in bytes of C values, for a daemon whose chunks reach max_chunk_size."""
+    return max(CACHE_LIMIT_BYTES, VAL_SIZE * max_chunk_size)
 
 
 class PreparedHandleChunk:
-    def __init__(self, func: Func, store: Store, resource_type_id: int) -> None:
+    def __init__(self, func: Func, store: Store, resource_type_id: int,
+                 cache_limit: int = CACHE_LIMIT_BYTES) -> None:
+        self.cache_limit = cache_limit
         self.func = func
         self.store = store
         self.type_id = resource_type_id
@@ -60,7 +69,7 @@ class PreparedHandleChunk:
         p[2].of.u64 = current
         p[3].of.u64 = total
         n = len(data)
-        cached = n * VAL_SIZE <= CACHE_LIMIT_BYTES
+        cached = n * VAL_SIZE <= self.cache_limit
         if cached:
             if n:
                 self._ensure(n)
