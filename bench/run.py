@@ -4,6 +4,8 @@
   stock      wasmtime-py's own component call with a list<u8> argument
   component  chunkd's component path end to end (bench/guests/touch, componentize-py)
   core       chunkd's core-module fast path end to end (tests/guests/core_probe, C)
+  extism     the peer: read each chunk, pass it to an Extism plugin (bench/guests/extism_touch,
+             WAT) with the Extism Python SDK, as a Python user would without chunkd
 each guest touches every byte; chunk sizes 64 KiB, 1 MiB, 4 MiB. Plus: the C-API
 ceiling (the component call alone, argument prebuilt), scheduling overhead per chunk
 over 1,000 concurrent small streams, pacing error, and 1 vs 2 instance threads.
@@ -59,6 +61,20 @@ GUEST = {"component": str(ROOT / "build" / "guests" / "touch.wasm"),
 
 def job_args(kind: str, name: str, chunk: int) -> list[str]:
     return ["local", name, str(chunk)] if kind == "component" else ["local", name, str(chunk), "1", "-1", "quiet"]
+
+
+def extism_read(path: Path, chunk: int) -> float:
+    """The peer: plain reads, each chunk handed to an Extism plugin that touches every byte."""
+    import extism
+    from wasmtime import wat2wasm
+    wasm = bytes(wat2wasm((ROOT / "bench" / "guests" / "extism_touch" / "touch.wat").read_text()))
+    plugin = extism.Plugin(wasm, wasi=False)
+    size = path.stat().st_size
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while data := f.read(chunk):
+            plugin.call("touch", data)
+    return mbps(size, time.perf_counter() - t)
 
 
 def raw_read(path: Path, chunk: int) -> float:
@@ -195,8 +211,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
             core = max([await chunkd_path(rt, "core", "blob.bin", size, chunk) for _ in range(2)])
             cases.append({"path": "core", "chunk_size": chunk, "mb_per_s": round(core, 1)})
-            print(f"  {chunk:>8} B: raw {cases[-4]['mb_per_s']} stock {cases[-3]['mb_per_s']} ceiling {ceil:.1f} "
-                  f"component {comp:.1f} core {core:.1f} MB/s", file=sys.stderr)
+            peer = max(extism_read(folder / "blob.bin", chunk) for _ in range(2))
+            cases.append({"path": "extism", "chunk_size": chunk, "mb_per_s": round(peer, 1)})
+            print(f"  {chunk:>8} B: raw {cases[-5]['mb_per_s']} stock {cases[-4]['mb_per_s']} ceiling {ceil:.1f} "
+                  f"component {comp:.1f} core {core:.1f} extism {peer:.1f} MB/s", file=sys.stderr)
 
     finally:
         await rt.close()
@@ -245,6 +263,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "pacing_error_pct": round(pacing_error, 2),
         "threads_speedup": round(speed["component"], 2),
         "threads_speedup_core": round(speed["core"], 2),
+        "core_vs_extism": {str(c["chunk_size"]): round(c["mb_per_s"] / next(
+            e["mb_per_s"] for e in cases if e["path"] == "extism" and e["chunk_size"] == c["chunk_size"]), 2)
+            for c in cases if c["path"] == "core"},
+        "core_vs_raw_pct": {str(c["chunk_size"]): round(c["mb_per_s"] / next(
+            e["mb_per_s"] for e in cases if e["path"] == "raw" and e["chunk_size"] == c["chunk_size"]) * 100, 1)
+            for c in cases if c["path"] == "core"},
         "notes": notes,
     }
     print_table(result)
@@ -257,6 +281,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'path':<12}{'chunk':>10}{'MB/s':>12}{'x raw':>9}")
     for c in r["cases"]:
         print(f"{c['path']:<12}{c['chunk_size']:>10}{c['mb_per_s']:>12.1f}{c['mb_per_s'] / raw[c['chunk_size']]:>9.3f}")
+    for k, ratio in r["core_vs_extism"].items():
+        print(f"core path vs Extism {k:>8}: {ratio:.2f}x")
     for k, v in r["c_api_ceiling_mb_per_s"].items():
         comp = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "component" and str(c["chunk_size"]) == k)
         stock = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "stock" and str(c["chunk_size"]) == k)
