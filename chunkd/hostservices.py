@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("chunkd.hostservices")
 
+LOGGED_LINES_PER_JOB = 10_000  # guest output lines logged per job; the rest are only counted
 OutputListener = Callable[[Job | None, str, str, str], None]  # job, component, fd, line
 
 
@@ -109,10 +110,19 @@ class RuntimeServices:
 
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None:
         job = inst.job
-        if job is not None and fd == "stdout":
-            job.output.append(line)
-        log.info("guest_output", component=inst.comp.name, instance=inst.label, fd=fd, line=line,
-                 job_id=job.id if job else None)
+        logged = True
+        if job is not None:
+            if fd == "stdout":
+                job.output.append(line)
+            job.output_lines += 1
+            if job.output_lines > LOGGED_LINES_PER_JOB:  # a flood: keep the log readable
+                logged = False
+                if job.output_lines == LOGGED_LINES_PER_JOB + 1:
+                    log.warning("guest_output_throttled", component=inst.comp.name, instance=inst.label,
+                                job_id=job.id, logged=LOGGED_LINES_PER_JOB)
+        if logged:
+            log.info("guest_output", component=inst.comp.name, instance=inst.label, fd=fd, line=line,
+                     job_id=job.id if job else None)
         for listener in self.output_listeners:
             with contextlib.suppress(Exception):
                 listener(job, inst.comp.name, fd, line)

@@ -73,6 +73,7 @@ class Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     ends: int = 0  # how often the job ended (the job runner makes it exactly once)
+    output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
 
     def mark_ready(self, d: "Delivery") -> None:
         """A stream has something to deliver: queue it once for the delivery loop."""

@@ -24,7 +24,7 @@ WAT = Path(__file__).resolve().parent / "wat"
 
 @pytest.fixture(scope="session")
 def guests() -> dict[str, Path]:
-    names = ("sha256", "cancel_after", "probe", "touch", "core_probe")
+    names = ("sha256", "cancel_after", "probe", "hostile", "touch", "core_probe")
     if not all((GUESTS / f"{n}.wasm").exists() for n in names):
         subprocess.run([str(ROOT / "scripts" / "build-guests")], check=True)
     return {n: GUESTS / f"{n}.wasm" for n in names}

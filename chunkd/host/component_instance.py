@@ -45,8 +45,8 @@ class ComponentInstance(InstanceBase):
         engine = self.clock.engine
         store = Store(engine)
         wasi = WasiConfig()  # no preopens, no env, no args, no network, no stdin
-        wasi.stdout_custom = self._stdout.write
-        wasi.stderr_custom = self._stderr.write
+        wasi.stdout_custom = self._host_time_for(self._stdout.write)
+        wasi.stderr_custom = self._host_time_for(self._stderr.write)
         store.set_wasi(wasi)
         store.set_limits(memory_size=self.memory_bytes)
         store.set_epoch_deadline(self.call_timeout_ticks)
@@ -75,6 +75,16 @@ class ComponentInstance(InstanceBase):
             func = instance.get_func(store, fidx) if fidx is not None else None
             if func is not None:
                 self._funcs[fname] = func
+
+    def _host_time_for(self, write: Any) -> Any:
+        """Guest output is handled in the host: that time is not the guest's call_timeout."""
+        def timed(data: bytes) -> None:
+            t0 = self.clock.ticks
+            try:
+                write(data)
+            finally:
+                self._give_back_host_time(t0)
+        return timed
 
     def _open(self, store: Any, container: str, name: str) -> Any:
         r = self.host_open(container, name)

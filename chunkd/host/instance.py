@@ -131,8 +131,10 @@ class _LineBuffer:
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
             self._emit(line.decode("utf-8", "replace"))
-        if len(self._buf) > MAX_OUTPUT_LINE:
-            self.flush()
+        while len(self._buf) > MAX_OUTPUT_LINE:  # a line without end: emitted in capped pieces
+            piece = bytes(self._buf[:MAX_OUTPUT_LINE])
+            del self._buf[:MAX_OUTPUT_LINE]
+            self._emit(piece.decode("utf-8", "replace"))
 
     def flush(self) -> None:
         if self._buf:
@@ -322,7 +324,7 @@ class InstanceBase:
             timeout = True
         elif "interrupt" in text.lower() and "wasm trap" in text.lower():
             timeout = True
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        first = _trap_reason(text) or type(e).__name__
         if timeout:
             msg = f"{what} ran past call_timeout ({self.call_timeout_s:g}s) in {self.label}"
         else:
@@ -418,3 +420,16 @@ def _advise(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
     except OSError:
         pass  # a hint only
+
+
+def _trap_reason(text: str) -> str:
+    """The line of a wasmtime error that says why: `wasm trap: ...` or what follows
+    `Caused by:`, not the "error while executing at wasm backtrace:" header."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("wasm trap:"):
+            return line
+    for i, line in enumerate(lines):
+        if line == "Caused by:" and i + 1 < len(lines):
+            return lines[i + 1].split(":", 1)[-1].strip() if lines[i + 1][:1].isdigit() else lines[i + 1]
+    return lines[0] if lines else ""
