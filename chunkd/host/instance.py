@@ -186,6 +186,8 @@ class InstanceBase:
         try:
             await self._on_thread(self._drop_store)
         finally:
+            # the store holds our host functions, which hold us: drop every reference to it
+            self._ctx = self._ctx_of = None
             self._executor.shutdown(wait=False)
             held = [s for s in self.streams.values() if not s.chunking]
             self.streams.clear()
