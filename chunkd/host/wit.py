@@ -1,9 +1,9 @@
 """The WIT names chunkd implements (wit/streams.wit), in one place.
 
-The bottom of host/'s one-way import stack: wit -> values -> engine ->
-fastcall -> component (loading, world checks) -> instance (the shared
-base) -> component_instance / core (the two guest kinds) -> kinds (the
-table that picks one).
+The bottom of host/'s one-way import stack: wit -> values, rawffi ->
+engine -> fastcall -> component (loading, world checks) -> instance (the
+shared base) -> component_instance / core (the two guest kinds) -> kinds
+(the table that picks one).
 """
 from __future__ import annotations
 
