@@ -226,6 +226,9 @@ class Delivery:
         nothing more (a grant racing the cancel is given back inside acquire)."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        # the job's TaskGroup still owns the task; holding it here would keep a cancelled
+        # producer's frame (its last read, up to a whole read unit) alive with the job record
+        self.task = None
         self.queue.clear()
         self._give(self.held)
 

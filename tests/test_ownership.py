@@ -136,3 +136,25 @@ async def test_replaced_instances_are_freed(harness, blobs: Path) -> None:
         # a few recent ones may still be held from the C side for a while; before the fix
         # every one of the 12 stayed
         assert len(alive) <= 6, [i.label for i in alive]
+
+
+async def test_a_cancelled_producer_is_not_kept_with_the_job(harness, blobs: Path) -> None:
+    # a cancelled task keeps its CancelledError, whose traceback keeps the producer's
+    # frame and its last read (a whole chunk or range); the soak saw ~1 MiB leak per
+    # cancelled job while finished jobs stayed in memory holding their producer tasks
+    import gc
+    import weakref
+    make_blob(blobs, "a.bin", 4_000_000)
+    async with harness(components={"probe": {"max_bytes_per_second": "1MiB", "prefetch_chunks": 4}}) as h:
+        job = h.runtime.submit("probe", ["open s local a.bin", "start s 262144 1"])
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (job.deliveries and job.deliveries[0].task is not None and job.deliveries[0].stats.chunks):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        task = weakref.ref(job.deliveries[0].task)
+        h.runtime.cancel(job.id)
+        await asyncio.wait_for(job.done.wait(), 30)
+        assert job.state == "cancelled"
+        assert job.deliveries[0].task is None
+        gc.collect()
+        assert task() is None, "the finished job still holds its cancelled producer"
