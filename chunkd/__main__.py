@@ -1,5 +1,3 @@
-import sys
+from chunkd.cli import entry
 
-from chunkd.cli import main
-
-sys.exit(main())
+entry()

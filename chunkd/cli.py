@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -88,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def entry() -> None:
+    """The `chunkd` console script and `python -m chunkd`: once main() has closed and
+    flushed everything, leave without interpreter teardown, where wasmtime objects that
+    are finalized late can abort the process after the work is done."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _client(args: argparse.Namespace) -> int:
     from chunkd import client
 
@@ -135,7 +147,8 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
         if fd == "stdout":
             print(line, file=out, flush=True)
 
-    runtime.output_listeners.append(echo)
+    if not as_json:  # with --json the guest's lines are in the summary's "output": stdout stays pure JSON
+        runtime.output_listeners.append(echo)
     try:
         await runtime.start()
         job = await runtime.run(component, args)
@@ -145,6 +158,7 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
         return EXIT_JOB_FAILED if not isinstance(e, ConfigError) else EXIT_CONFIG
     finally:
         await runtime.close()
+        gc.collect()  # finalize stores and instances now, while everything they call is alive
     summary = job.summary()
     if as_json:
         print(json.dumps(summary, indent=2), file=out)

@@ -151,7 +151,7 @@ async def status(ep: Endpoint, job_id: str | None, *, as_json: bool, out: TextIO
             data = await _call(s, "GET", f"/v1/jobs/{job_id}" if job_id else "/v1/jobs")
     except ApiError as e:
         print(f"chunkd: {e.message} (HTTP {e.status})", file=err)
-        return EXIT_JOB_FAILED
+        return EXIT_JOB_FAILED if e.status < 500 else EXIT_UNREACHABLE
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         return _unreachable(ep, e, err)
     if as_json:
@@ -173,7 +173,7 @@ async def cancel(ep: Endpoint, job_id: str, *, out: TextIO = sys.stdout, err: Te
             data = await _call(s, "DELETE", f"/v1/jobs/{job_id}")
     except ApiError as e:
         print(f"chunkd: {e.message} (HTTP {e.status})", file=err)
-        return EXIT_JOB_FAILED
+        return EXIT_JOB_FAILED if e.status < 500 else EXIT_UNREACHABLE
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         return _unreachable(ep, e, err)
     print(f"job {data['job_id']}: cancel requested (was {data['state']})", file=out)

@@ -5,6 +5,9 @@ the reason. Relative paths are resolved against the config file's folder.
 """
 from __future__ import annotations
 
+import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +68,29 @@ class ComponentConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """[cluster]: several nodes sharing one job queue on NATS JetStream (docs/cluster.md)."""
+
+    nats_urls: tuple[str, ...]  # ${ENV} already expanded
+    node: str
+    stream: str = "CHUNKD_JOBS"
+    kv_bucket: str = "chunkd_jobs"
+    ack_wait_s: float = 30.0
+    heartbeat_s: float = 5.0
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    creds_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     daemon: DaemonConfig
     limits: LimitsConfig
     containers: Mapping[str, ContainerConfig]
     components: Mapping[str, ComponentConfig]
+    cluster: ClusterConfig | None = None
 
 
 class _Table:
@@ -292,5 +312,72 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
             prefetch_chunks=t.get("prefetch_chunks", 2, _int(1)),
         )
         t.finish()
+    cluster = _cluster(top, file, base, limits, components) if "cluster" in top.data else None
     top.finish()
-    return Config(file=file, daemon=daemon, limits=limits, containers=containers, components=components)
+    return Config(file=file, daemon=daemon, limits=limits, containers=containers, components=components,
+                  cluster=cluster)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(v: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in os.environ:
+            raise ValueError(f"environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+    return _ENV.sub(one, v)
+
+
+def _nats_urls(v: Any) -> tuple[str, ...]:
+    urls = [v] if isinstance(v, str) else v
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise TypeError("expected a URL or a non-empty list of URLs")
+    out = []
+    for u in urls:
+        u = _expand_env(u)
+        if not u.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError(f"expected a nats://HOST:PORT URL, got {u.split('@')[-1]!r}")
+        out.append(u)
+    return tuple(out)
+
+
+def _subject_token(what: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        s = _str(v)
+        if not _NAME.match(s):
+            raise ValueError(f"{what} may only use letters, digits, '_' and '-', got {s!r}")
+        return s
+    return conv
+
+
+def _cluster(top: _Table, file: str, base: Path, limits: LimitsConfig,
+             components: Mapping[str, ComponentConfig]) -> ClusterConfig:
+    t = top.sub("cluster")
+    c = ClusterConfig(
+        nats_urls=t.require("nats_url", _nats_urls),
+        node=t.get("node", socket.gethostname(), _subject_token("node")),
+        stream=t.get("stream", ClusterConfig.stream, _subject_token("stream")),
+        kv_bucket=t.get("kv_bucket", ClusterConfig.kv_bucket, _subject_token("kv_bucket")),
+        ack_wait_s=t.get("ack_wait", ClusterConfig.ack_wait_s, _duration(True)),
+        heartbeat_s=t.get("heartbeat", ClusterConfig.heartbeat_s, _duration(True)),
+        tls_ca=t.get("tls_ca", None, _path(base)),
+        tls_cert=t.get("tls_cert", None, _path(base)),
+        tls_key=t.get("tls_key", None, _path(base)),
+        creds_file=t.get("creds_file", None, _path(base)),
+    )
+    t.finish()
+    # a node must stop delivering before JetStream redelivers: one heartbeat of margin,
+    # plus the longest guest call that may be running when it decides to stop
+    need = 2 * c.heartbeat_s + limits.call_timeout_s
+    if c.ack_wait_s <= need:
+        raise ConfigError(file, "cluster.ack_wait", f"must be above 2 x cluster.heartbeat + limits.call_timeout "
+                                                    f"({need:g}s), got {c.ack_wait_s:g}s")
+    if (c.tls_cert is None) != (c.tls_key is None):
+        raise ConfigError(file, "cluster.tls_cert", "tls_cert and tls_key go together")
+    for name in components:
+        if not _NAME.match(name):
+            raise ConfigError(file, f"components.{name}", "in cluster mode a component name is a NATS subject "
+                                                          "token: only letters, digits, '_' and '-'")
+    return c
