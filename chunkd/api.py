@@ -15,7 +15,7 @@ from aiohttp import web
 
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
-from chunkd.summary import JobSummary, summary_from_record
+from chunkd.cluster import ClusterUnavailable
 
 log = structlog.get_logger("chunkd.api")
 
@@ -80,17 +80,17 @@ async def post_job(request: web.Request) -> web.Response:
         return _error(404, str(e))
     except QueueFull as e:
         return _error(429, str(e))
-    except NotAccepting as e:
+    except (NotAccepting, ClusterUnavailable) as e:
         return _error(503, str(e))
     return web.json_response({"job_id": job.id, "state": job.state}, status=202,
                              headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await request.app[RUNTIME].get_job(request.match_info["job_id"])
-    if job is None:
+    summary = await request.app[RUNTIME].job_summary(request.match_info["job_id"])
+    if summary is None:
         return _error(404, f"no job {request.match_info['job_id']!r}")
-    return web.json_response(job.summary())
+    return web.json_response(summary)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -102,37 +102,36 @@ async def list_jobs(request: web.Request) -> web.Response:
         return _error(400, "limit must be an integer")
     if not 1 <= limit <= 10000:
         return _error(400, "limit must be between 1 and 10000")
-    live: dict[str, JobSummary] = {j.id: j.summary() for j in rt.jobs.values() if state is None or j.state == state}
-    if rt.store is not None:
-        for rec in await rt.store.recent(limit, state):
-            if rec["id"] not in live:
-                live[rec["id"]] = summary_from_record(rec)
-    jobs = sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
+    jobs = await rt.job_summaries(limit, state)
     return web.json_response({"jobs": jobs})
 
 
 async def delete_job(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     job_id = request.match_info["job_id"]
-    job = await rt.get_job(job_id)
-    if job is None:
+    summary = await rt.cancel_job(job_id)
+    if summary is None:
         return _error(404, f"no job {job_id!r}")
-    if job.finished:
-        return _error(409, f"job {job_id} already ended: {job.state}", state=job.state)
-    rt.cancel(job_id)
-    return web.json_response({"job_id": job.id, "state": job.state, "cancel_requested": True}, status=202)
+    if summary["state"] in ("completed", "failed", "cancelled"):
+        return _error(409, f"job {job_id} already ended: {summary['state']}", state=summary["state"])
+    return web.json_response({"job_id": job_id, "state": summary["state"], "cancel_requested": True}, status=202)
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    return web.json_response({"streams": request.app[RUNTIME].live_streams()})
+    return web.json_response({"streams": await request.app[RUNTIME].streams_view()})
 
 
 async def healthz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if not rt.accepting:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ok", "components": sorted(rt.pools),
-                              "jobs_running": rt.running_jobs, "jobs_queued": rt.queued_jobs})
+    body: dict[str, Any] = {"status": "ok", "components": sorted(rt.pools), "jobs_running": rt.running_jobs,
+                            "jobs_queued": rt.queued_jobs}
+    if rt.cluster is not None:
+        body.update(node=rt.cluster.node, nats="connected" if rt.cluster.connected else "disconnected")
+        if not rt.cluster.connected:
+            return web.json_response({**body, "status": "nats disconnected"}, status=503)
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -157,13 +157,15 @@ async def status(ep: Endpoint, job_id: str | None, *, as_json: bool, out: TextIO
     if as_json:
         print(json.dumps(data, indent=2), file=out)
     elif job_id:
-        print(f"job {data['job_id']} {data['component']} {' '.join(data['args'])}: {data['state']}"
+        node = f" on {data['node']}" if data.get("node") else ""
+        print(f"job {data['job_id']} {data['component']} {' '.join(data['args'])}: {data['state']}{node}"
               f" (attempt {data['attempts']})" + (f" error: {data['error']}" if data.get("error") else ""), file=out)
         for st in data["streams"]:
             print("  " + Progress._line(st), file=out)
     else:
         for j in data["jobs"]:
-            print(f"{j['job_id']}  {j['state']:<9}  {j['component']}  {' '.join(j['args'])}", file=out)
+            node = f"  [{j['node']}]" if j.get("node") else ""
+            print(f"{j['job_id']}  {j['state']:<9}  {j['component']}  {' '.join(j['args'])}{node}", file=out)
     return EXIT_OK
 
 

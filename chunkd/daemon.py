@@ -35,7 +35,8 @@ class Daemon:
         self.should_exit = shutdown_trigger or asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.notifier = Notifier()
-        self.store = SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
+        # one machine: jobs in SQLite; cluster mode: in the JetStream key-value bucket
+        self.store = None if config.cluster else SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
         self.runtime = Runtime(config, store=self.store)
         self._runner: web.AppRunner | None = None
         self._scope = TaskScope("daemon")  # the watchdog and the prune loop
@@ -58,9 +59,17 @@ class Daemon:
     async def startup(self) -> None:
         d = self.config.daemon
         d.state_dir.mkdir(parents=True, exist_ok=True)
-        await self.store.open()
+        if self.store is not None:
+            await self.store.open()
         await self.runtime.start()
-        resumed, gave_up = await self.runtime.resume()
+        resumed = gave_up = 0
+        if self.config.cluster is not None:
+            from chunkd.cluster import Cluster
+            self.runtime.metrics.node = self.config.cluster.node
+            self.runtime.cluster = Cluster(self.config.cluster, self.runtime, d.max_attempts)
+            await self.runtime.cluster.start()  # interrupted jobs come back by redelivery
+        else:
+            resumed, gave_up = await self.runtime.resume()
         token = os.environ.get("CHUNKD_AUTH_TOKEN") or d.auth_token
         is_unix = d.listen.startswith("unix:")
         app = make_app(self.runtime, token="" if is_unix else token, max_request_bytes=d.max_request_bytes)
@@ -126,7 +135,8 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.runtime.close()
-        await self.store.close()
+        if self.store is not None:
+            await self.store.close()
 
     # --- helpers ---------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class JobRunner:
         self.jobs: dict[str, Job] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._task_of: dict[str, asyncio.Task[None]] = {}
+        self._inst_of: dict[str, "InstanceBase"] = {}  # running jobs' instances
         self._scope = TaskScope("jobs")
         self.queued = 0
         self.running = 0
@@ -166,10 +167,32 @@ class JobRunner:
 
     # --- one job ----------------------------------------------------------------------
 
-    async def _run_job(self, job: Job) -> None:
+    async def run_claimed(self, job: Job, inst: "InstanceBase", pool: "InstancePool") -> None:
+        """Cluster mode: run `job` now on `inst`, which its caller took from `pool` before
+        fetching the job's message; the caller owns (awaits) this run."""
+        self.jobs[job.id] = job
+        await self._run_job(job, (inst, pool))
+
+    def fence(self, job_id: str, reason: str) -> bool:
+        """Cluster mode: stop delivering a running job at once (its lease may be gone): its
+        streams end failed(reason), the guest's calls in flight are the last, and the job
+        is not ended here (another node runs it again)."""
+        job = self.jobs.get(job_id)
+        inst = self._inst_of.get(job_id)
+        if job is None or job.finished:
+            return False
+        job.fenced = reason
+        job.cancel_requested = True
+        job.ready.set()
+        if inst is not None:
+            inst.halt = True  # the instance thread skips the rest of its batch
+        log.warning("job_fenced", job_id=job_id, reason=reason)
+        return True
+
+    async def _run_job(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id, component=job.component):
             try:
-                await self._attempt(job)
+                await self._attempt(job, claimed)
             except asyncio.CancelledError:
                 if job.cancel_requested:
                     before = " before it started" if job.state == JobState.QUEUED else ""
@@ -183,17 +206,23 @@ class JobRunner:
             finally:
                 self._task_of.pop(job.id, None)
 
-    async def _attempt(self, job: Job) -> None:
-        pool = self.rt.pools.get(job.component)
-        if pool is None:
-            self.queued -= 1
-            await self._finish(job, Outcome(JobState.FAILED, f"component {job.component!r} is no longer configured"))
-            return
-        try:
-            inst = await pool.acquire()
-        finally:
-            self.queued -= 1
+    async def _attempt(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
+        if claimed is not None:
+            inst, pool = claimed
+        else:
+            maybe = self.rt.pools.get(job.component)
+            if maybe is None:
+                self.queued -= 1
+                await self._finish(job, Outcome(JobState.FAILED,
+                                                f"component {job.component!r} is no longer configured"))
+                return
+            pool = maybe
+            try:
+                inst = await pool.acquire()
+            finally:
+                self.queued -= 1
         self.running += 1
+        self._inst_of[job.id] = inst
         try:
             job.state = JobState.RUNNING
             job.started_at = time.time()
@@ -205,6 +234,8 @@ class JobRunner:
             outcome = await StreamSet(job, inst, self.rt.budget, self._settings(pool), self.rt.services).run()
         finally:
             inst.job = None
+            inst.halt = False
+            self._inst_of.pop(job.id, None)
             self.running -= 1
             pool.give_back(inst)
         if outcome.trap is not None:
@@ -226,6 +257,10 @@ class JobRunner:
         """The one place a job ends: state, error, persisted (shielded), counted, done."""
         if job.ends:
             log.error("job_ended_twice", job_id=job.id, state=job.state, outcome=outcome.state)
+            return
+        if job.fenced:  # not ended: the lease is gone, another node runs it again
+            job.error = job.fenced
+            self._interrupted(job)
             return
         job.ends += 1
         job.state = outcome.state

@@ -73,6 +73,8 @@ class Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     ends: int = 0  # how often the job ended (the job runner makes it exactly once)
+    fenced: str | None = None  # cluster mode: why this node stopped delivering (not an end)
+    node: str | None = None  # cluster mode: the node that runs or ran it
     output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
 
     def mark_ready(self, d: "Delivery") -> None:
@@ -102,6 +104,7 @@ class Job:
             "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
             "ended_at": self.ended_at, "invoke_ok": self.invoke_ok, "invoke_result": self.invoke_result,
             "error": self.error, "streams": self.stream_summaries(), "output": list(self.output),
+            "node": self.node,
         }
 
     @classmethod
@@ -111,6 +114,7 @@ class Job:
                   created_at=r["created_at"], started_at=r["started_at"], ended_at=r["ended_at"],
                   attempts=r["attempts"])
         job.output.extend(r["output"])
+        job.node = r.get("node")
         job.past_streams = list(r["streams"])
         return job
 

@@ -26,6 +26,7 @@ class Metrics:
         self.streams_ended = Counter("chunkd_streams_ended", "Chunked reads ended, by how", ["end"], registry=r)
         self.source_retries = Counter("chunkd_source_retries", "Source reads retried", registry=r)
         self._gauges: list[Gauge] = []
+        self.node: str | None = None  # cluster mode: added as a label to every sample
 
     def bind(self, runtime: "Runtime") -> None:
         """Gauges read the runtime's own state when scraped."""
@@ -48,4 +49,19 @@ class Metrics:
         return 0.0 if v is None else v
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if self.node is None:
+            return text
+        # cluster mode: every sample gains node="..." (the same series from every node stay apart)
+        label = f'node="{self.node}"'.encode()
+        out = []
+        for line in text.splitlines():
+            if line and not line.startswith(b"#"):
+                name, sep, rest = line.partition(b"{")
+                if sep:
+                    line = name + b"{" + label + b"," + rest
+                else:
+                    name, _, value = line.partition(b" ")
+                    line = name + b"{" + label + b"} " + value
+            out.append(line)
+        return b"\n".join(out) + b"\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from wasmtime import Engine
@@ -34,7 +34,11 @@ from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.scheduler import BufferBudget
 from chunkd.sources import Container, build_container
+from chunkd.summary import JobSummary, summary_from_record
 from chunkd.tasks import TaskScope
+
+if TYPE_CHECKING:
+    from chunkd.cluster import Cluster
 
 __all__ = ["Runtime", "UnknownComponent", "QueueFull", "NotAccepting"]
 
@@ -60,6 +64,7 @@ class Runtime:
         self._services: RuntimeServices | None = None
         self._output_listeners: list[OutputListener] = []
         self.closed = False
+        self.cluster: Cluster | None = None  # set by the daemon in cluster mode
 
     @property
     def services(self) -> RuntimeServices:
@@ -145,6 +150,8 @@ class Runtime:
 
     async def close(self) -> None:
         """Cancel what still runs (jobs, replacements, closes), await it, free everything."""
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.runner.close()
         for pool in self.all_pools:
             await pool.close()
@@ -174,7 +181,57 @@ class Runtime:
         return self.runner.submit(component, args)
 
     async def accept(self, component: str, args: list[str]) -> Job:
+        if self.cluster is not None:  # the shared queue, not this node's
+            self.runner._check_submit(component)
+            job = Job(component=component, args=list(args))
+            await self.cluster.accept(job)
+            return job
         return await self.runner.accept(component, args)
+
+    # --- what the API shows: this node's jobs, or the cluster's ----------------------
+
+    async def job_summary(self, job_id: str) -> JobSummary | None:
+        if self.cluster is not None:
+            return await self.cluster.summary(job_id)
+        job = await self.runner.get_job(job_id)
+        return None if job is None else job.summary()
+
+    async def job_summaries(self, limit: int, state: str | None) -> list[JobSummary]:
+        if self.cluster is not None:
+            return await self.cluster.summaries(limit, state)
+        live: dict[str, JobSummary] = {j.id: j.summary() for j in self.jobs.values()
+                                       if state is None or j.state == state}
+        if self.store is not None:
+            for rec in await self.store.recent(limit, state):
+                if rec["id"] not in live:
+                    live[rec["id"]] = summary_from_record(rec)
+        return sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
+
+    async def cancel_job(self, job_id: str) -> JobSummary | None:
+        """Operator cancel; the job's summary as it was asked (None: no such job)."""
+        if self.cluster is not None:
+            got = await self.cluster.summary(job_id)
+            if got is None or got["state"] in ("completed", "failed", "cancelled"):
+                return got
+            await self.cluster.cancel(job_id)
+            return got
+        job = await self.runner.get_job(job_id)
+        if job is None or job.finished:
+            return None if job is None else job.summary()
+        summary = job.summary()
+        self.runner.cancel(job_id)
+        return summary
+
+    async def streams_view(self) -> list[dict[str, Any]]:
+        if self.cluster is None:
+            return self.live_streams()
+        out = []
+        for j in await self.cluster.summaries(10_000, "running"):
+            for s in j["streams"]:
+                if s["end"] is None:
+                    out.append({"job_id": j["job_id"], "component": j["component"], "instance": j["instance"],
+                                "node": j["node"], **s})
+        return out
 
     async def run(self, component: str, args: list[str]) -> Job:
         job = self.submit(component, args)
@@ -191,6 +248,9 @@ class Runtime:
         return self.runner.cancel(job_id)
 
     async def drain(self, grace_s: float) -> tuple[int, int]:
+        if self.cluster is not None:
+            self.runner.accepting = False
+            return await self.cluster.drain(grace_s)
         return await self.runner.drain(grace_s)
 
     async def prune(self, retention_s: float) -> int:

@@ -161,7 +161,8 @@ class StreamSet:
         while True:
             self._schedule_requests()
             if job.cancel_requested:
-                trap = await self._end_all(values.CANCELLED, tell_guest=True)
+                end = values.failed(job.fenced) if job.fenced else values.CANCELLED
+                trap = await self._end_all(end, tell_guest=True)
                 if trap is not None:
                     raise trap
                 return

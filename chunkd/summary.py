@@ -45,6 +45,7 @@ class JobSummary(TypedDict):
     ended_at: float | None
     streams: list[StreamSummary]
     output: list[str]
+    node: str | None  # cluster mode: the node that runs or ran the job; null on one machine
 
 
 def stream_summary(d: "Delivery") -> StreamSummary:
@@ -62,7 +63,7 @@ def job_summary(job: "Job") -> JobSummary:
         "attempts": job.attempts,
         "invoke": None if job.invoke_ok is None else {"ok": job.invoke_ok, "result": job.invoke_result or ""},
         "error": job.error, "instance": job.instance, "created_at": job.created_at, "started_at": job.started_at,
-        "ended_at": job.ended_at, "streams": job.stream_summaries(), "output": list(job.output),
+        "ended_at": job.ended_at, "streams": job.stream_summaries(), "output": list(job.output), "node": job.node,
     }
 
 

@@ -168,6 +168,7 @@ class InstanceBase:
         self._waited_ticks = 0
         self._in_call = False
         self._closed = False
+        self.halt = False  # set from the loop to skip the rest of a batch (cluster fencing)
         self._ctx: Any = None
         self._ctx_of: Store | None = None
         self._c_timeout = ctypes.c_uint64(self.call_timeout_ticks)
@@ -259,7 +260,7 @@ class InstanceBase:
         stopped: set[int] = set()
         clock = time.perf_counter
         for handle, cid, current, total, data in calls:
-            if cid in stopped:
+            if cid in stopped or self.halt:
                 answers.append(None)
                 seconds.append(0.0)
                 continue

@@ -1,0 +1,365 @@
+"""Cluster mode: many chunkd nodes sharing one job queue on NATS JetStream.
+
+- The queue is a work-queue stream (subjects `chunkd.jobs.<component>`); each
+  job is one message whose `Nats-Msg-Id` is the job id, so a duplicate publish
+  inside the stream's duplicate window is dropped.
+- The job records live in a JetStream key-value bucket (key = job id). Every
+  write after the first is a compare-and-set on the entry's revision.
+- Each node pulls with one durable consumer per component it has configured,
+  shared by all nodes, and fetches a message only after it has taken a free
+  instance: a busy node never hoards work.
+- While a job runs, its node sends `in_progress` and renews the record's
+  lease (owner node, lease deadline, progress) every `heartbeat`. It acks the
+  message only after the final state is written.
+- Fencing: a node that could not renew the lease for `ack_wait - heartbeat -
+  call_timeout` stops the job's deliveries (`stream-ended(failed("node lost
+  its lease"))`) and does not ack. JetStream redelivers after `ack_wait`, so
+  the old node has stopped before another can start.
+- Cancel from any node: the record is marked (`cancel_requested`, or
+  `cancelled` for a job still queued) and `chunkd.cancel` is published; the
+  running node cancels at once (and sees the mark at its next heartbeat too).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+import nats
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StreamConfig
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from chunkd.config import ClusterConfig
+from chunkd.errors import ChunkdError
+from chunkd.jobs import FINAL_STATES, Job, JobState
+from chunkd.summary import JobSummary, summary_from_record
+from chunkd.tasks import TaskScope
+
+if TYPE_CHECKING:
+    from chunkd.runtime import Runtime
+
+log = structlog.get_logger("chunkd.cluster")
+
+CANCEL_SUBJECT = "chunkd.cancel"
+LEASE_LOST = "node lost its lease"
+PROGRESS_EVERY_S = 1.0
+FETCH_WAIT_S = 1.0
+REQUEST_TIMEOUT_S = 2.0
+
+
+class ClusterUnavailable(ChunkdError):
+    """NATS cannot be reached: the job was not accepted."""
+
+
+def subject(component: str) -> str:
+    return f"chunkd.jobs.{component}"
+
+
+class Cluster:
+    def __init__(self, cfg: ClusterConfig, runtime: "Runtime", max_attempts: int) -> None:
+        self.cfg = cfg
+        self.rt = runtime
+        self.max_attempts = max_attempts
+        self.node = cfg.node
+        self.nc: Any = None
+        self.js: Any = None
+        self.kv: Any = None
+        self.connected = False
+        self.pulling = True
+        self._scope = TaskScope("cluster")  # pullers, job runs, the cancel listener
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.cfg
+        tls = None
+        if c.tls_ca or c.tls_cert:
+            tls = ssl.create_default_context(cafile=str(c.tls_ca) if c.tls_ca else None)
+            if c.tls_cert and c.tls_key:
+                tls.load_cert_chain(str(c.tls_cert), str(c.tls_key))
+
+        async def disconnected() -> None:
+            self.connected = False
+            log.warning("nats_disconnected", node=self.node)
+
+        async def reconnected() -> None:
+            self.connected = True
+            log.info("nats_reconnected", node=self.node)
+
+        async def error(e: Exception) -> None:
+            log.warning("nats_error", node=self.node, error=str(e))
+
+        try:
+            self.nc = await nats.connect(
+                servers=list(c.nats_urls), name=f"chunkd-{self.node}", tls=tls,
+                user_credentials=str(c.creds_file) if c.creds_file else None,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                connect_timeout=5, disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+        except Exception as e:
+            raise ClusterUnavailable(f"cannot reach NATS at {', '.join(u.split('@')[-1] for u in c.nats_urls)}: {e}") \
+                from None
+        self.connected = True
+        self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        try:
+            await self.js.add_stream(StreamConfig(name=c.stream, subjects=["chunkd.jobs.>"],
+                                                  retention=RetentionPolicy.WORK_QUEUE, duplicate_window=120.0))
+            try:
+                self.kv = await self.js.key_value(c.kv_bucket)
+            except NotFoundError:
+                self.kv = await self.js.create_key_value(KeyValueConfig(bucket=c.kv_bucket, history=16))
+            await self.nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
+        except Exception as e:
+            await self.nc.close()
+            raise ClusterUnavailable(f"JetStream at {', '.join(u.split('@')[-1] for u in c.nats_urls)} "
+                                     f"is not usable (started with -js?): {e}") from None
+        for name in self.rt.pools:
+            self._scope.spawn(self._pull(name), name=f"pull-{name}")
+        log.info("cluster_joined", node=self.node, stream=c.stream, kv_bucket=c.kv_bucket,
+                 components=sorted(self.rt.pools))
+
+    async def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop fetching; give running jobs `grace_s`; interrupt the rest (not acked:
+        JetStream redelivers them)."""
+        self.pulling = False
+        for t in self._scope.tasks:
+            if t.get_name().startswith("chunkd:pull-"):
+                t.cancel()
+        runs = [t for t in self._scope.tasks if t.get_name().startswith("chunkd:run-")]
+        before = len(runs)
+        left = 0
+        if runs:
+            _, pending = await asyncio.wait(runs, timeout=grace_s)
+            left = len(pending)
+        await self._scope.close()
+        return before - left, left
+
+    async def close(self) -> None:
+        await self._scope.close()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.close(), 5)
+            except Exception as e:
+                log.warning("nats_close_failed", error=str(e))
+
+    # --- records ----------------------------------------------------------------------
+
+    async def _get(self, job_id: str) -> tuple[dict[str, Any], int] | None:
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return json.loads(entry.value), entry.revision
+
+    async def _cas(self, job_id: str, rec: dict[str, Any], rev: int) -> int:
+        return int(await self.kv.update(job_id, json.dumps(rec).encode(), last=rev))
+
+    async def _merge(self, job_id: str, change: Any, tries: int = 5) -> dict[str, Any] | None:
+        """Read, change, compare-and-set; again on a concurrent write. `change(rec)` returns
+        False to leave the record as it is."""
+        for _ in range(tries):
+            got = await self._get(job_id)
+            if got is None:
+                return None
+            rec, rev = got
+            if change(rec) is False:
+                return rec
+            try:
+                await self._cas(job_id, rec, rev)
+                return rec
+            except KeyWrongLastSequenceError:
+                continue
+        raise ChunkdError(f"job {job_id}: record changed under {tries} writes in a row")
+
+    # --- API side -----------------------------------------------------------------------
+
+    async def accept(self, job: Job) -> None:
+        """The record, then the message; both acknowledged before the API answers 202."""
+        if not self.connected:
+            raise ClusterUnavailable("NATS is not reachable: no job accepted")
+        rec = job.record()
+        try:
+            await self.kv.create(job.id, json.dumps(rec).encode())
+            await self.js.publish(subject(job.component), job.id.encode(), headers={"Nats-Msg-Id": job.id})
+        except Exception as e:
+            raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
+        log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, node=self.node)
+
+    async def summary(self, job_id: str) -> JobSummary | None:
+        local = self.rt.runner.jobs.get(job_id)
+        if local is not None and local.state == JobState.RUNNING and not local.fenced:
+            return local.summary()  # live, not a second old
+        got = await self._get(job_id)
+        return None if got is None else summary_from_record(got[0])
+
+    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
+        try:
+            keys = await self.kv.keys()
+        except Exception:  # no keys yet
+            return []
+        out: list[JobSummary] = []
+        for k in keys:
+            s = await self.summary(k)
+            if s is not None and (state is None or s["state"] == state):
+                out.append(s)
+        out.sort(key=lambda j: j["created_at"], reverse=True)
+        return out[:limit]
+
+    async def cancel(self, job_id: str) -> JobSummary | None:
+        def mark(rec: dict[str, Any]) -> bool:
+            if rec["state"] in FINAL_STATES:
+                return False
+            if rec["state"] == JobState.QUEUED:
+                rec.update(state=str(JobState.CANCELLED), error="cancelled by operator before it started",
+                           ended_at=time.time())
+            rec["cancel_requested"] = True
+            return True
+        rec = await self._merge(job_id, mark)
+        if rec is None:
+            return None
+        await self.nc.publish(CANCEL_SUBJECT, job_id.encode())
+        log.info("job_cancel_requested", job_id=job_id, state=rec["state"], node=self.node)
+        return summary_from_record(rec)
+
+    async def _on_cancel(self, msg: Any) -> None:
+        job_id = msg.data.decode(errors="replace")
+        if job_id in self.rt.runner.jobs:
+            self.rt.runner.cancel(job_id)
+
+    # --- worker side ----------------------------------------------------------------------
+
+    async def _pull(self, component: str) -> None:
+        """Take a free instance, then fetch one job for it: never more than we can run."""
+        pool = self.rt.pools[component]
+        cfg = ConsumerConfig(durable_name=f"chunkd-{component}", ack_policy=AckPolicy.EXPLICIT,
+                             ack_wait=self.cfg.ack_wait_s, max_deliver=self.max_attempts,
+                             filter_subject=subject(component))
+        psub = None
+        delay = 0.5
+        while self.pulling:
+            inst = await pool.acquire()
+            handed = False
+            try:
+                if psub is None:
+                    psub = await self.js.pull_subscribe(subject(component), durable=f"chunkd-{component}",
+                                                        stream=self.cfg.stream, config=cfg)
+                msgs = await psub.fetch(1, timeout=FETCH_WAIT_S)
+                delay = 0.5
+                self._scope.spawn(self._run(msgs[0], inst, pool), name=f"run-{component}")
+                handed = True
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS away or the consumer not there yet: try again soon
+                log.warning("fetch_failed", component=component, error=str(e), retry_in_s=delay)
+                psub = None if not self.connected else psub
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if not handed:
+                    pool.give_back(inst)
+
+    async def _run(self, msg: Any, inst: Any, pool: Any) -> None:
+        job_id = msg.data.decode(errors="replace")
+        attempt = int(msg.metadata.num_delivered)
+        with structlog.contextvars.bound_contextvars(job_id=job_id, node=self.node):
+            claimed = await self._claim(job_id, attempt)
+            if claimed is None:  # gone, finished, or cancelled while queued
+                pool.give_back(inst)
+                await self._ack(msg)
+                return
+            job, rev = claimed
+            hb = asyncio.get_running_loop().create_task(self._heartbeat(msg, job, rev), name=f"chunkd:hb-{job_id}")
+            try:
+                await self.rt.runner.run_claimed(job, inst, pool)
+            finally:
+                hb.cancel()
+                await asyncio.gather(hb, return_exceptions=True)
+            if job.fenced or not job.finished:
+                return  # not acked: JetStream runs it again, here or elsewhere
+            try:
+                await self._merge(job_id, lambda rec: rec.update(job.record(), node=self.node,
+                                                                 lease_until=None) or True)
+                await self._ack(msg)
+            except Exception as e:  # not acked: it runs again (at least once)
+                log.error("final_state_not_written", error=str(e))
+
+    async def _ack(self, msg: Any) -> None:
+        try:
+            await msg.ack_sync(timeout=REQUEST_TIMEOUT_S)
+        except Exception as e:
+            log.warning("ack_failed", error=str(e))
+
+    async def _claim(self, job_id: str, attempt: int) -> tuple[Job, int] | None:
+        for _ in range(5):
+            got = await self._get(job_id)
+            if got is None:
+                log.warning("job_record_missing")
+                return None
+            rec, rev = got
+            if rec["state"] in FINAL_STATES or rec.get("cancel_requested"):
+                if rec["state"] not in FINAL_STATES:
+                    rec.update(state=str(JobState.CANCELLED), error="cancelled by operator before it started",
+                               ended_at=time.time())
+                    try:
+                        await self._cas(job_id, rec, rev)
+                    except KeyWrongLastSequenceError:
+                        continue
+                return None
+            job = Job.from_record(rec)
+            job.state = JobState.QUEUED
+            job.attempts = attempt - 1  # the runner counts this start
+            job.invoke_ok = job.invoke_result = job.error = None
+            job.output.clear()
+            job.past_streams = []
+            job.node = self.node
+            rec.update(state=str(JobState.RUNNING), node=self.node, attempts=attempt, started_at=time.time(),
+                       lease_until=time.time() + self.cfg.ack_wait_s)
+            try:
+                rev = await self._cas(job_id, rec, rev)
+            except KeyWrongLastSequenceError:
+                continue
+            return job, rev
+        return None
+
+    async def _heartbeat(self, msg: Any, job: Job, rev: int) -> None:
+        """in_progress + lease renewal by compare-and-set; fence when renewal keeps failing."""
+        c = self.cfg
+        # the deadline by which a renewal must have succeeded, on this node's own clock
+        fence_after = c.ack_wait_s - c.heartbeat_s - self.rt.config.limits.call_timeout_s
+        deadline = time.monotonic() + fence_after
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
+        while True:
+            await asyncio.sleep(max(0.0, min(c.heartbeat_s, left())))
+            if left() <= 0:
+                self.rt.runner.fence(job.id, LEASE_LOST)
+                return
+            try:
+                await asyncio.wait_for(msg.in_progress(), max(0.01, min(REQUEST_TIMEOUT_S, left())))
+                got = await asyncio.wait_for(self._get(job.id), max(0.01, min(REQUEST_TIMEOUT_S, left())))
+                if got is None:
+                    continue
+                rec, rev = got
+                if rec.get("node") != self.node:  # someone else owns it now: stop
+                    self.rt.runner.fence(job.id, LEASE_LOST)
+                    return
+                if rec.get("cancel_requested") and not job.cancel_requested:
+                    self.rt.runner.cancel(job.id)
+                rec.update(job.record(), node=self.node, cancel_requested=rec.get("cancel_requested", False),
+                           lease_until=time.time() + c.ack_wait_s)
+                await asyncio.wait_for(self._cas(job.id, rec, rev), max(0.01, min(REQUEST_TIMEOUT_S, left())))
+                deadline = time.monotonic() + fence_after
+            except (asyncio.TimeoutError, KeyWrongLastSequenceError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("heartbeat_failed", error=str(e))
