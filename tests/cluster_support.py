@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.service_support import Server, free_port, wait_for
 
@@ -177,11 +178,11 @@ def start_node(tmp: Path, name: str, nats_url: str, guests: dict[str, Path], blo
     return Server(cfg, port, tmp / f"{name}.log").start()
 
 
-def events(server: Server, name: str) -> list[dict[str, object]]:
+def events(server: Server, name: str) -> list[dict[str, Any]]:
     return [e for e in server.log_events() if e.get("event") == name]
 
 
-def wait_all(server: Server, ids: list[str], timeout: float) -> dict[str, dict[str, object]]:
+def wait_all(server: Server, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     out = {}
     for jid in ids:
