@@ -90,3 +90,131 @@ def test_jobs_spread_over_nodes_and_all_complete(tmp_path: Path, state_dir: Path
     assert status == 200 and health["nats"] == "connected" and health["node"] == "n1"
     _, metrics = nodes[0].request("GET", "/metrics")
     assert 'chunkd_jobs_running{node="n1"}' in str(metrics)
+
+
+def _running_on(server: Server, jid: str) -> str | None:
+    j = server.job(jid)
+    return str(j["node"]) if j["state"] == "running" and j["streams"] and j["streams"][0]["chunks"] else None
+
+
+def test_kill_9_of_the_running_node_reruns_the_job_elsewhere(
+        tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
+        cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
+    blobs, digests = cluster_blobs
+    for name in ("n1", "n2"):
+        nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache"))
+    jid = nodes[0].submit("paced", ["local", "long.bin"])  # 12 MiB at 2 MiB/s: ~6 s
+    owner = wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the paced job to run")
+    victim = nodes[0] if owner == "n1" else nodes[1]
+    other = nodes[1] if victim is nodes[0] else nodes[0]
+    assert victim.proc is not None
+    killed_at = time.time()
+    victim.proc.kill()
+    victim.proc.wait(10)
+    j = other.wait_job(jid, 60)
+    recovered = time.time() - killed_at
+    assert j["state"] == "completed", j
+    assert j["attempts"] == 2 and j["node"] == other.config.stem
+    assert f"{digests['long.bin']}  long.bin" in j["output"]
+    started = [e for e in events(other, "job_started") if e.get("job_id") == jid]
+    print(f"kill -9 recovery: redelivered and started {ts(started[0]) - killed_at:.1f}s after the kill, "
+          f"completed {recovered:.1f}s after it (ack_wait 6s, run ~6s)")
+    assert recovered < 6 + 6 + 10  # ack_wait + the job's run time + margin
+
+
+def test_a_node_cut_off_from_nats_stops_before_the_job_runs_elsewhere(
+        tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
+        cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
+    blobs, digests = cluster_blobs
+    proxy = CuttableProxy(nats.port)
+    try:
+        nodes.append(start_node(tmp_path, "cut", proxy.url, guests, blobs, state_dir / "cache"))
+        jid = nodes[0].submit("paced", ["local", "long.bin"])
+        wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the job to run on the node behind the proxy")
+        nodes.append(start_node(tmp_path, "other", nats.url, guests, blobs, state_dir / "cache"))
+        proxy.cut()
+        j = nodes[1].wait_job(jid, 90)
+        assert j["state"] == "completed" and j["node"] == "other", j
+        assert f"{digests['long.bin']}  long.bin" in j["output"]
+        # the cut node stopped delivering (its streams ended "node lost its lease") before
+        # the job started on the other node: the running intervals never overlap
+        stopped = [e for e in events(nodes[0], "job_interrupted") if e.get("job_id") == jid]
+        ends = [e for e in events(nodes[0], "stream_ended") if e.get("job_id") == jid]
+        started = [e for e in events(nodes[1], "job_started") if e.get("job_id") == jid]
+        assert stopped and started and ends, (stopped, started)
+        assert "node lost its lease" in str(ends[-1]["end"])
+        gap = ts(started[0]) - max(ts(stopped[0]), ts(ends[-1]))
+        print(f"overlap check: the cut node stopped {gap:.2f}s before the other node started the job")
+        assert gap > 0
+        status, health = nodes[0].request("GET", "/healthz")
+        assert status == 503 and health["nats"] == "disconnected"
+    finally:
+        proxy.close()
+
+
+def test_cancel_on_one_node_reaches_the_running_node(
+        tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
+        cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
+    blobs, _ = cluster_blobs
+    for name in ("n1", "n2"):
+        nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache"))
+    jid = nodes[0].submit("paced", ["local", "long.bin"])
+    owner = wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the paced job to run")
+    asker = nodes[1] if owner == "n1" else nodes[0]
+    t0 = time.monotonic()
+    status, body = asker.request("DELETE", f"/v1/jobs/{jid}")
+    assert status == 202 and body["cancel_requested"] is True
+    j = asker.wait_job(jid, 30)
+    assert j["state"] == "cancelled" and j["node"] == owner, j
+    assert j["streams"][0]["end"] == "cancelled"
+    print(f"cross-node cancel: ended {time.monotonic() - t0:.2f}s after the DELETE")
+    # a queued job cancelled anywhere never starts
+    blocker = nodes[0].submit("paced", ["local", "long.bin"])
+    blocker2 = nodes[0].submit("paced", ["local", "long.bin"])
+    queued = nodes[0].submit("paced", ["local", "s1.bin"])
+    status, _ = nodes[1].request("DELETE", f"/v1/jobs/{queued}")
+    assert status == 202
+    for b in (blocker, blocker2):
+        nodes[0].request("DELETE", f"/v1/jobs/{b}")
+    j = nodes[0].wait_job(queued, 30)
+    assert j["state"] == "cancelled" and j["started_at"] is None, j
+
+
+def test_nats_restart_loses_no_accepted_job_and_duplicates_run_once(
+        tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
+        cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
+    blobs, digests = cluster_blobs
+    for name in ("n1", "n2"):
+        nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache"))
+    ids = {nodes[i % 2].submit("paced", ["local", "s2.bin"]): "s2.bin" for i in range(6)}
+    time.sleep(0.5)
+    nats.stop()  # the store is kept
+    time.sleep(1.0)
+    nats.start()
+    wait_for(lambda: all(n.request("GET", "/healthz")[0] == 200 for n in nodes), 30, 0.2, "nodes to reconnect")
+    ids.update({nodes[0].submit("sha256", ["local", "s1.bin"]): "s1.bin"})
+    jobs = wait_all(nodes[0], list(ids), 120)
+    for jid, j in jobs.items():
+        assert j["state"] == "completed", j
+        assert f"{digests[ids[jid]]}  {ids[jid]}" in j["output"]
+
+    # the same job published twice (a client retrying): JetStream drops the duplicate
+    async def publish_twice() -> str:
+        import nats as nats_py
+        from chunkd.jobs import Job
+        nc = await nats_py.connect(nats.url)
+        js = nc.jetstream()
+        job = Job(component="sha256", args=["local", "s1.bin"])
+        kv = await js.key_value("chunkd_jobs")
+        await kv.create(job.id, json.dumps(job.record()).encode())
+        acks = [await js.publish("chunkd.jobs.sha256", job.id.encode(), headers={"Nats-Msg-Id": job.id})
+                for _ in range(2)]
+        assert acks[1].duplicate is True
+        await nc.close()
+        return job.id
+    dup = asyncio.run(publish_twice())
+    j = nodes[1].wait_job(dup, 60)
+    assert j["state"] == "completed" and j["attempts"] == 1
+    time.sleep(1.5)  # a second delivery would have started by now
+    starts = [e for n in nodes for e in events(n, "job_started") if e.get("job_id") == dup]
+    assert len(starts) == 1, starts
