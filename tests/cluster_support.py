@@ -150,6 +150,7 @@ cache_dir = "{cache}"
 log_format = "json"
 watchdog = false
 max_attempts = 5
+shutdown_grace = "1s"
 [limits]
 call_timeout = "2s"
 [containers.local]

@@ -161,6 +161,10 @@ def test_cancel_on_one_node_reaches_the_running_node(
     jid = nodes[0].submit("paced", ["local", "long.bin"])
     owner = wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the paced job to run")
     asker = nodes[1] if owner == "n1" else nodes[0]
+    # progress from anywhere: the other node lists the stream from the key-value bucket
+    seen = wait_for(lambda: [s for s in asker.request("GET", "/v1/streams")[1]["streams"]
+                             if s["job_id"] == jid and s["bytes"] > 0], 15, 0.2, "the stream in /v1/streams")
+    assert seen[0]["node"] == owner and seen[0]["blob"] == "long.bin"
     t0 = time.monotonic()
     status, body = asker.request("DELETE", f"/v1/jobs/{jid}")
     assert status == 202 and body["cancel_requested"] is True
@@ -218,3 +222,19 @@ def test_nats_restart_loses_no_accepted_job_and_duplicates_run_once(
     time.sleep(1.5)  # a second delivery would have started by now
     starts = [e for n in nodes for e in events(n, "job_started") if e.get("job_id") == dup]
     assert len(starts) == 1, starts
+
+
+def test_sigterm_hands_the_running_job_back(
+        tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
+        cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
+    blobs, digests = cluster_blobs
+    nodes.append(start_node(tmp_path, "leaving", nats.url, guests, blobs, state_dir / "cache"))
+    jid = nodes[0].submit("paced", ["local", "long.bin"])
+    wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the paced job to run")
+    nodes.append(start_node(tmp_path, "staying", nats.url, guests, blobs, state_dir / "cache"))
+    import signal
+    nodes[0].signal(signal.SIGTERM)  # shutdown_grace is 1s here: the 6 s job is interrupted, not acked
+    assert nodes[0].wait_exit(60) == 0
+    j = nodes[1].wait_job(jid, 60)
+    assert j["state"] == "completed" and j["node"] == "staying" and j["attempts"] == 2, j
+    assert f"{digests['long.bin']}  long.bin" in j["output"]
