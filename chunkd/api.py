@@ -13,9 +13,9 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from chunkd.cluster import ClusterUnavailable
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
-from chunkd.cluster import ClusterUnavailable
 
 log = structlog.get_logger("chunkd.api")
 

@@ -16,8 +16,8 @@ import uvloop
 from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.jobs import COMPLETED, Job
-from chunkd.summary import describe
 from chunkd.logging import configure_logging
+from chunkd.summary import describe
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import nats
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    KeyValueConfig,
+    RetentionPolicy,
+    StreamConfig,
+)
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from chunkd.config import ClusterConfig

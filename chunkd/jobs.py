@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
-    from chunkd.host.instance import InstanceBase, HostStream
+    from chunkd.host.instance import HostStream, InstanceBase
     from chunkd.summary import JobSummary, StreamSummary
 
 

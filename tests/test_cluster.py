@@ -14,7 +14,13 @@ import pytest
 
 from chunkd.config import config_from_mapping
 from chunkd.errors import ConfigError
-from tests.cluster_support import CuttableProxy, NatsServer, events, start_node, wait_all
+from tests.cluster_support import (
+    CuttableProxy,
+    NatsServer,
+    events,
+    start_node,
+    wait_all,
+)
 from tests.conftest import make_blob
 from tests.service_support import Server, wait_for
 
@@ -205,6 +211,7 @@ def test_nats_restart_loses_no_accepted_job_and_duplicates_run_once(
     # the same job published twice (a client retrying): JetStream drops the duplicate
     async def publish_twice() -> str:
         import nats as nats_py
+
         from chunkd.jobs import Job
         nc = await nats_py.connect(nats.url)
         js = nc.jetstream()

@@ -116,8 +116,8 @@ async def test_invoke_error_trap_timeout_memory(harness, blobs: Path) -> None:
 async def test_bad_guest_pointer_is_a_clear_trap(harness, blobs: Path, tmp_path: Path, guests: dict[str, Path]) -> None:
     guests = dict(guests)
     guests["bad"] = WAT / "core-bad-pointer.wat"
-    from tests.conftest import config_for
     from chunkd.runtime import Runtime
+    from tests.conftest import config_for
     cfg = config_for(tmp_path / "state", blobs, guests, components={"bad": {}})
     rt = Runtime(cfg)
     await rt.start()

@@ -90,7 +90,7 @@ async def test_hostile_guest_alongside_a_tenant(harness, blobs: Path, mode: str)
         if mode in ("start-from-chunk", "start-from-ended"):
             ends = sorted(x for x in lines if x.startswith("ended "))
             second = 2 if mode == "start-from-chunk" else 7
-            assert ends == [f"ended 1 completed", f"ended {second} completed"]
+            assert ends == ["ended 1 completed", f"ended {second} completed"]
             assert all(d.stats.bytes == len(hostile_blob) for d in bad.deliveries)
         if mode == "big-result":
             assert bad.invoke_result is not None and len(bad.invoke_result) < MAX_INVOKE_RESULT + 100

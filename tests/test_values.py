@@ -6,16 +6,15 @@ import ctypes
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wasmtime import Config, Engine
 from wasmtime import _ffi as ffi
-from typing import Any
-
-from wasmtime.component import Component, ListType, ResultType, U8, Variant, VariantType
+from wasmtime.component import U8, Component, ListType, ResultType, Variant, VariantType
 
 from chunkd.host import values
-from chunkd.host.wit import EVENTS_IFACE, TRIGGER_IFACE, TYPES_IFACE, BLOBS_IFACE
+from chunkd.host.wit import BLOBS_IFACE, EVENTS_IFACE, TRIGGER_IFACE, TYPES_IFACE
 
 VAL = ctypes.sizeof(ffi.wasmtime_component_val_t)
 OFF = ffi.wasmtime_component_val_t.of.offset

@@ -8,9 +8,17 @@ from wasmtime import Engine, Module, WasmtimeError
 from wasmtime.component import Component, ComponentInstanceType
 
 from chunkd.errors import ComponentError
-from chunkd.host.wit import (CONSUMER, CONSUMER_WITH_EVENTS, CORE_EXPORTS_REQUIRED, CORE_HOST_FUNCS, EVENTS_IFACE,
-                             EXPORT_ENDED, HANDLER_IFACE, HOST_IMPORTS, TRIGGER_IFACE)
-
+from chunkd.host.wit import (
+    CONSUMER,
+    CONSUMER_WITH_EVENTS,
+    CORE_EXPORTS_REQUIRED,
+    CORE_HOST_FUNCS,
+    EVENTS_IFACE,
+    EXPORT_ENDED,
+    HANDLER_IFACE,
+    HOST_IMPORTS,
+    TRIGGER_IFACE,
+)
 
 
 @dataclass(frozen=True)

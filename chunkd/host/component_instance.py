@@ -13,7 +13,13 @@ from wasmtime.component import Func, Linker, ResourceHost, ResourceType
 from chunkd.host import fastcall, values
 from chunkd.host.fastcall import PreparedHandleChunk
 from chunkd.host.instance import InstanceBase, _LineBuffer
-from chunkd.host.wit import BLOBS_IFACE, EVENTS_IFACE, HANDLER_IFACE, TRIGGER_IFACE, TYPES_IFACE
+from chunkd.host.wit import (
+    BLOBS_IFACE,
+    EVENTS_IFACE,
+    HANDLER_IFACE,
+    TRIGGER_IFACE,
+    TYPES_IFACE,
+)
 
 STREAM_RESOURCE_ID = 1
 

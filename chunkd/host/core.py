@@ -26,11 +26,17 @@ from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime._func import maybe_raise_last_exn
 
-from chunkd.host import rawffi, values
 from chunkd.errors import SourceError
+from chunkd.host import rawffi, values
 from chunkd.host.instance import DirectRead, InstanceBase, read_exactly_into
-from chunkd.host.wit import (BLOBS_IFACE, CORE_HOST_FUNCS, EXPORT_ENDED, EXPORT_HANDLE, EXPORT_INVOKE,
-                             TYPES_IFACE)
+from chunkd.host.wit import (
+    BLOBS_IFACE,
+    CORE_HOST_FUNCS,
+    EXPORT_ENDED,
+    EXPORT_HANDLE,
+    EXPORT_INVOKE,
+    TYPES_IFACE,
+)
 
 U64 = (1 << 64) - 1
 

@@ -20,9 +20,9 @@ args[1:] its parameters (CONTAINER NAME for the modes that stream a blob).
 import os
 import sys
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import blobs
-from componentize_py_types import Err
 
 mode = ""
 params: list = []

@@ -20,10 +20,10 @@ Every observation is printed to stdout, one line each.
 """
 import hashlib
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import chunked_stream_events
 from wit_world.imports import blobs
-from componentize_py_types import Err
 
 slots: dict = {}
 actions: dict = {}  # (cid, chunk) -> list of commands
