@@ -59,15 +59,36 @@ class InstancePool:
         return inst
 
     async def start(self) -> None:
-        insts = [self._new_instance() for _ in range(self.cfg.instances)]
+        # the first instance alone: it makes the module's copy-on-write memory image, which
+        # concurrent first instantiations were seen to race on ("cannot add seals to the memfd")
+        first = await self._start_one()
+        rest: list[InstanceBase] = []
         try:
-            await asyncio.gather(*(i.start() for i in insts))
+            rest = list(await asyncio.gather(*(self._start_one() for _ in range(self.cfg.instances - 1))))
         except BaseException:
-            for i in insts:
+            for i in [first, *rest]:
                 await i.close()
             raise
-        for i in insts:
+        for i in [first, *rest]:
             self.idle.put_nowait(i)
+
+    async def _start_one(self, tries: int = 3) -> InstanceBase:
+        """A new running instance; a failed start (a transient engine error) is retried."""
+        for attempt in range(1, tries + 1):
+            inst = self._new_instance()
+            try:
+                await inst.start()
+                return inst
+            except Exception as e:
+                await inst.close()
+                if attempt == tries:
+                    raise
+                log.warning("instance_start_failed", component=self.comp.name, error=str(e), attempt=attempt)
+                await asyncio.sleep(0.1 * attempt)
+            except BaseException:
+                await inst.close()
+                raise
+        raise AssertionError("unreachable")
 
     async def acquire(self) -> InstanceBase:
         self.waiting += 1

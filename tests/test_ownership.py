@@ -158,3 +158,24 @@ async def test_a_cancelled_producer_is_not_kept_with_the_job(harness, blobs: Pat
         assert job.deliveries[0].task is None
         gc.collect()
         assert task() is None, "the finished job still holds its cancelled producer"
+
+
+async def test_a_failed_instance_start_is_retried(harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # seen once on a fresh machine: "instantiate trapped ...: cannot add seals to the memfd"
+    from chunkd.errors import GuestTrap
+    from chunkd.host.instance import InstanceBase
+    orig = InstanceBase.start
+    failures = {"left": 1}
+
+    async def flaky_start(self: InstanceBase) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise GuestTrap("instantiate trapped in probe#0: cannot add seals to the memfd")
+        await orig(self)
+
+    monkeypatch.setattr(InstanceBase, "start", flaky_start)
+    make_blob(blobs, "a.bin", 10_000)
+    async with harness(components={"probe": {"instances": 2}}) as h:
+        assert failures["left"] == 0 and h.runtime.pools["probe"].idle.qsize() == 2
+        job = await h.run("probe", ["open s local a.bin", "start s 4096 1"])
+        assert job.state == COMPLETED
