@@ -241,9 +241,6 @@ class Runtime:
     async def resume(self) -> tuple[int, int]:
         return await self.runner.resume()
 
-    async def get_job(self, job_id: str) -> Job | None:
-        return await self.runner.get_job(job_id)
-
     def cancel(self, job_id: str) -> Job | None:
         return self.runner.cancel(job_id)
 
