@@ -274,7 +274,14 @@ class Cluster:
         job_id = msg.data.decode(errors="replace")
         attempt = int(msg.metadata.num_delivered)
         with structlog.contextvars.bound_contextvars(job_id=job_id, node=self.node):
-            claimed = await self._claim(job_id, attempt)
+            try:
+                claimed = await self._claim(job_id, attempt)
+            except BaseException as e:  # NATS went away mid-claim: not acked, it comes back
+                pool.give_back(inst)
+                if not isinstance(e, Exception):
+                    raise
+                log.warning("claim_failed", error=str(e))
+                return
             if claimed is None:  # gone, finished, or cancelled while queued
                 pool.give_back(inst)
                 await self._ack(msg)
