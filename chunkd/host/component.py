@@ -81,7 +81,8 @@ def check_core_world(module: Module, label: str) -> WorldInfo:
         key = (imp.module, imp.name or "")
         if key not in CORE_HOST_FUNCS:
             raise ComponentError(f"{label}: core module imports {imp.module}/{imp.name}, which chunkd does not "
-                                 f"provide to core guests (only the chunkd:streams functions, no WASI)")
+                                 f"provide to core guests (only the chunkd:streams functions and "
+                                 f"wasi_snapshot_preview1/fd_write for stdout and stderr)")
         params, results = CORE_HOST_FUNCS[key]
         ty = imp.type
         got_p = [str(t) for t in getattr(ty, "params", [])]

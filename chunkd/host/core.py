@@ -28,7 +28,7 @@ from wasmtime._func import maybe_raise_last_exn
 
 from chunkd.errors import SourceError
 from chunkd.host import rawffi, values
-from chunkd.host.instance import DirectRead, InstanceBase, read_exactly_into
+from chunkd.host.instance import DirectRead, InstanceBase, _LineBuffer, read_exactly_into
 from chunkd.host.wit import (
     BLOBS_IFACE,
     CORE_HOST_FUNCS,
@@ -36,9 +36,14 @@ from chunkd.host.wit import (
     EXPORT_HANDLE,
     EXPORT_INVOKE,
     TYPES_IFACE,
+    WASI_P1,
 )
 
 U64 = (1 << 64) - 1
+# handle-chunk's `borrow<input-stream>`: the stream's handle with this bit set, as a component's
+# borrow is an index of its own. A guest drops it before returning (componentized, the
+# canonical ABI requires that); that drop ends only the borrow, never the guest's own handle.
+BORROW_BIT = 1 << 30
 
 
 class AbiViolation(WasmtimeError):
@@ -121,6 +126,8 @@ class CoreInstance(InstanceBase):
         self._memview: memoryview | None = None
         self._mem_args: tuple[Any, Any] | None = None
         self._realloc: RawFunc | None = None
+        self._out = {1: _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line)),
+                     2: _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))}
 
     def _drop_store(self) -> None:
         self._memview = None
@@ -142,6 +149,7 @@ class CoreInstance(InstanceBase):
             (TYPES_IFACE, "[method]input-stream.read"): self._read,
             (TYPES_IFACE, "[method]input-stream.start-chunking-read"): self._start,
             (TYPES_IFACE, "[resource-drop]input-stream"): self.host_drop,
+            (WASI_P1, "fd_write"): self._fd_write,
         }
         for (mod, name), (params, results) in CORE_HOST_FUNCS.items():
             linker.define_func(mod, name, FuncType(params, results), impls[(mod, name)])
@@ -223,8 +231,30 @@ class CoreInstance(InstanceBase):
         else:
             self._pack(ret, "BxxxI", 0, r)
 
+    def _fd_write(self, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+        """wasi_snapshot_preview1.fd_write for fds 1 and 2 (guest_output lines); EBADF otherwise."""
+        out = self._out.get(fd)
+        if out is None:
+            return 8  # errno badf: no files, no sockets
+        if iovs_len < 0 or iovs_len > 1024:
+            return 28  # errno inval
+        t0 = self.clock.ticks
+        try:
+            total = 0
+            for ptr, n in struct.iter_unpack("<II", self._get(iovs, 8 * iovs_len)):
+                out.write(self._get(ptr, n))
+                total += n
+            self._pack(nwritten, "I", total & 0xFFFFFFFF)
+        finally:
+            self._give_back_host_time(t0)
+        return 0
+
+    def _drop(self, handle: int) -> None:
+        if not handle & BORROW_BIT:
+            self.host_drop(handle)
+
     def _size(self, handle: int, ret: int) -> None:
-        size = self.host_size(handle)
+        size = self.host_size(handle & ~BORROW_BIT)
         if size is None:
             self._pack(ret, "B", 0)
         else:
@@ -232,7 +262,7 @@ class CoreInstance(InstanceBase):
 
     def _read(self, handle: int, length: int, ret: int) -> None:
         self._span(ret, 16)
-        r = self.host_read(handle, length & U64)
+        r = self.host_read(handle & ~BORROW_BIT, length & U64)
         if isinstance(r, values.StreamErr):
             self._write_error(ret, r)
             return
@@ -242,7 +272,7 @@ class CoreInstance(InstanceBase):
 
     def _start(self, handle: int, chunk: int, cid: int, ret: int) -> None:
         self._span(ret, 16)
-        r = self.host_start_chunking(handle, chunk & U64, cid & U64)
+        r = self.host_start_chunking(handle & ~BORROW_BIT, chunk & U64, cid & U64)
         if r is None:
             self._pack(ret, "B", 0)
         else:
@@ -298,7 +328,7 @@ class CoreInstance(InstanceBase):
         if self._handle is None:
             self._handle = self._export(EXPORT_HANDLE)
             self._handle_post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
-        r = self._handle(handle, _s64(correlation_id), _s64(current), _s64(total), p, n)
+        r = self._handle(handle | BORROW_BIT, _s64(correlation_id), _s64(current), _s64(total), p, n)
         if self._handle_post is not None:
             self._handle_post(r)
         return bool(r)

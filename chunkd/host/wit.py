@@ -30,6 +30,7 @@ EXPORT_ENDED = f"{EVENTS_IFACE}#stream-ended"
 CORE_EXPORTS_REQUIRED = ("memory", "cabi_realloc", EXPORT_INVOKE, EXPORT_HANDLE)
 
 I32, I64 = ValType.i32(), ValType.i64()
+WASI_P1 = "wasi_snapshot_preview1"
 
 # (module, name) -> (params, results) of what a core guest may import (all retptr-lowered)
 CORE_HOST_FUNCS: dict[tuple[str, str], tuple[list[ValType], list[ValType]]] = {
@@ -38,4 +39,8 @@ CORE_HOST_FUNCS: dict[tuple[str, str], tuple[list[ValType], list[ValType]]] = {
     (TYPES_IFACE, "[method]input-stream.read"): ([I32, I64, I32], []),
     (TYPES_IFACE, "[method]input-stream.start-chunking-read"): ([I32, I64, I64, I32], []),
     (TYPES_IFACE, "[resource-drop]input-stream"): ([I32], []),
+    # the one WASI function a core guest may import: its stdout and stderr become
+    # guest_output lines, as a component's do (componentized, the preview1 adapter
+    # maps it to wasi:cli/stdout and stderr, which components get)
+    (WASI_P1, "fd_write"): ([I32, I32, I32, I32], [I32]),
 }
