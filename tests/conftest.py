@@ -24,7 +24,8 @@ WAT = Path(__file__).resolve().parent / "wat"
 
 @pytest.fixture(scope="session")
 def guests() -> dict[str, Path]:
-    names = ("sha256", "cancel_after", "probe", "hostile", "touch", "core_probe")
+    names = ("sha256", "cancel_after", "probe", "hostile", "touch", "core_probe",
+             "sha256_js", "linecount_js", "probe_js", "sha256_c_core", "sha256_c")
     if not all((GUESTS / f"{n}.wasm").exists() for n in names):
         subprocess.run([str(ROOT / "scripts" / "build-guests")], check=True)
     return {n: GUESTS / f"{n}.wasm" for n in names}
@@ -67,14 +68,16 @@ class Harness:
 
 def config_for(state_dir: Path, blobs: Path, guests: dict[str, Path], *, limits: dict[str, Any] | None = None,
                components: dict[str, dict[str, Any]] | None = None,
-               containers: dict[str, dict[str, Any]] | None = None) -> Config:
+               containers: dict[str, dict[str, Any]] | None = None, probe_guest: str = "probe") -> Config:
+    """`probe_guest` is the guest behind the component named "probe" unless a test names one."""
     comps = components or {"probe": {}}
     data = {
         "daemon": {"state_dir": str(state_dir), "log_format": "console"},
         "limits": {"call_timeout": "3s", "max_chunk_size": "1MiB", **(limits or {})},
         "containers": {"local": {"kind": "file", "root": str(blobs)}, **(containers or {})},
         "components": {
-            name: {"path": str(guests[opts.pop("guest", name)]), **opts} for name, opts in
+            name: {"path": str(guests[opts.pop("guest", probe_guest if name == "probe" else name)]), **opts}
+            for name, opts in
             ((n, dict(o)) for n, o in comps.items())
         },
     }
@@ -82,9 +85,17 @@ def config_for(state_dir: Path, blobs: Path, guests: dict[str, Path], *, limits:
 
 
 @pytest.fixture
-def harness(state_dir: Path, blobs: Path, guests: dict[str, Path]) -> Callable[..., Any]:
+def probe_guest() -> str:
+    """The probe behind the "probe" component: a module overrides this fixture to run its
+    tests against both probes (tests/guests/probe in Python, tests/guests/probe_js in JS)."""
+    return "probe"
+
+
+@pytest.fixture
+def harness(state_dir: Path, blobs: Path, guests: dict[str, Path], probe_guest: str) -> Callable[..., Any]:
     @contextlib.asynccontextmanager
     async def make(**kw: Any) -> AsyncIterator[Harness]:
+        kw.setdefault("probe_guest", probe_guest)
         rt = Runtime(config_for(state_dir, blobs, guests, **kw))
         h = Harness(rt)
 

@@ -1,4 +1,6 @@
-"""The delivery rules (docs/wit-and-delivery.md), rule by rule, against the real probe component."""
+"""The delivery rules (docs/wit-and-delivery.md), rule by rule, against the real probe
+components: each test runs against the Python probe and against its JavaScript twin,
+which speak the same commands and print the same lines."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +13,11 @@ import pytest
 
 from chunkd.jobs import COMPLETED, FAILED
 from tests.conftest import make_blob
+
+
+@pytest.fixture(params=["probe", "probe_js"])
+def probe_guest(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def chunk_lines(lines: list[str], cid: int) -> list[tuple[int, int, int]]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from chunkd.jobs import COMPLETED, FAILED
 from tests.conftest import make_blob
 from tests.test_delivery import chunk_lines, ended
 
 
+@pytest.mark.parametrize("probe_guest", ["probe", "probe_js"])  # the Python probe and its JS twin
 async def test_trap_fails_job_and_instance_is_replaced(harness, blobs: Path) -> None:
     make_blob(blobs, "a.bin", 100_000)
     async with harness() as h:
@@ -27,9 +30,12 @@ async def test_trap_fails_job_and_instance_is_replaced(harness, blobs: Path) -> 
         assert h.runtime.budget.in_use == 0
 
 
-async def test_timeout_in_handle_chunk_while_other_job_flows(harness, blobs: Path) -> None:
+@pytest.mark.parametrize("probe_guest", ["probe", "probe_js"])  # the Python probe and its JS twin
+async def test_timeout_in_handle_chunk_while_other_job_flows(harness, blobs: Path, probe_guest: str) -> None:
     make_blob(blobs, "a.bin", 100_000)
-    make_blob(blobs, "b.bin", 2 * 1024 * 1024, seed=3)
+    # the flowing job must end well within call_timeout: the JS probe hashes ~1 MB/s
+    chunks = 128 if probe_guest == "probe" else 16
+    make_blob(blobs, "b.bin", chunks * 16384, seed=3)
     async with harness(limits={"call_timeout": "1s"}, components={"probe": {"instances": 2}}) as h:
         looping = h.runtime.submit("probe", ["open s local a.bin", "start s 10000 1", "loop 1 0"])
         flowing = h.runtime.submit("probe", ["open s local b.bin", "start s 16384 2"])
@@ -37,13 +43,14 @@ async def test_timeout_in_handle_chunk_while_other_job_flows(harness, blobs: Pat
     assert looping.state == FAILED and "call_timeout" in (looping.error or "")
     assert h.runtime.metrics.value("chunkd_timeouts_total", component="probe") == 1
     assert flowing.state == COMPLETED
-    assert len(chunk_lines(h.out(flowing), 2)) == 128
+    assert len(chunk_lines(h.out(flowing), 2)) == chunks
     assert flowing.instance != looping.instance
     # the other job's stream kept flowing while the first instance was stuck
     assert flowing.ended_at is not None and looping.ended_at is not None
     assert flowing.ended_at < looping.ended_at
 
 
+@pytest.mark.parametrize("probe_guest", ["probe", "probe_js"])  # the Python probe and its JS twin
 async def test_timeout_in_invoke(harness, blobs: Path) -> None:
     async with harness(limits={"call_timeout": "500ms"}) as h:
         job = await h.run("probe", ["loop-invoke"])
@@ -72,6 +79,7 @@ async def test_waiting_on_the_source_does_not_count_against_call_timeout(harness
     assert "open s ok" in h.out(job)
 
 
+@pytest.mark.parametrize("probe_guest", ["probe", "probe_js"])  # the Python probe and its JS twin
 async def test_memory_bomb_is_contained(harness, blobs: Path) -> None:
     make_blob(blobs, "a.bin", 10_000)
     async with harness(limits={"instance_memory": "64MiB"}) as h:
