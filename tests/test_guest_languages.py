@@ -26,7 +26,7 @@ async def test_every_language_and_both_c_paths_print_the_same_digests(harness, b
     for i, (name, size) in enumerate(sizes.items()):
         data = make_blob(blobs, name, size, seed=i)
         want.append(f"{hashlib.sha256(data).hexdigest()}  {name}")
-    comps = {g: {} for g in SHA256_GUESTS}
+    comps: dict[str, dict[str, str]] = {g: {} for g in SHA256_GUESTS}
     async with harness(components=comps, limits={"call_timeout": "10s"}) as h:
         # the C guest really runs both ways
         assert h.runtime.pools["sha256_c_core"].comp.kind == "core"
@@ -41,7 +41,7 @@ async def test_every_language_and_both_c_paths_print_the_same_digests(harness, b
 
 async def test_the_c_guest_fails_and_cancels_alike_on_both_paths(harness, blobs: Path) -> None:
     make_blob(blobs, "a.bin", 10_000)
-    comps = {"sha256_c_core": {}, "sha256_c": {}}
+    comps: dict[str, dict[str, str]] = {"sha256_c_core": {}, "sha256_c": {}}
     async with harness(components=comps, limits={"max_chunk_size": "64KiB"}) as h:
         results = {}
         for g in comps:
@@ -62,7 +62,7 @@ async def test_the_c_component_and_core_module_serve_many_jobs_without_growing(h
     """The C guest frees what the host hands it: memory stays flat over many jobs
     (a leak of one chunk per call would need ~200 MiB here and trap at 32 MiB)."""
     make_blob(blobs, "a.bin", 1 << 20)
-    comps = {"sha256_c_core": {}, "sha256_c": {}}
+    comps: dict[str, dict[str, str]] = {"sha256_c_core": {}, "sha256_c": {}}
     async with harness(components=comps, limits={"instance_memory": "32MiB"}) as h:
         for g in comps:
             for _ in range(25):
