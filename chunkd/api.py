@@ -1,13 +1,20 @@
 """The HTTP JSON control API (aiohttp) on daemon.listen.
 
 POST /v1/jobs {component, args} -> 202 {job_id}; GET /v1/jobs[?state=&limit=];
-GET/DELETE /v1/jobs/{id}; GET /v1/streams; GET /healthz; GET /metrics.
+GET/DELETE /v1/jobs/{id}; GET /v1/streams; GET /healthz; GET /metrics;
+GET /v1/status (one snapshot for the status page) and GET /v1/status/events
+(the same, pushed as server-sent events); GET / is the live status page itself
+(chunkd/web/, static files served without the token: they hold no data, and the
+page asks for the token before it reads any).
 Every error is a JSON object {"error": message} with a 4xx/5xx status.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -16,6 +23,7 @@ from aiohttp import web
 from chunkd.cluster import ClusterUnavailable
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
+from chunkd.status import Rates, snapshot
 
 log = structlog.get_logger("chunkd.api")
 
@@ -24,6 +32,21 @@ RUNTIME = web.AppKey("runtime", Runtime)
 TOKEN = web.AppKey("token", str)
 MAX_ARGS = 1000
 MAX_ARG_LEN = 64 * 1024
+MAX_EVENT_CLIENTS = 32  # status pages listening at once; more get 503
+PUBLIC_PATHS = frozenset(("/healthz", "/", "/ui/status.css", "/ui/status.js"))
+UI_FILES = {"/": ("status.html", "text/html"), "/ui/status.css": ("status.css", "text/css"),
+            "/ui/status.js": ("status.js", "text/javascript")}
+
+
+@dataclass
+class EventClients:
+    """The status-event connections open now, and the flag that ends them at shutdown."""
+
+    count: int = 0
+    closing: asyncio.Event | None = None
+
+
+EVENTS = web.AppKey("events", EventClients)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -46,7 +69,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[TOKEN]
-    if token and request.path != "/healthz":
+    if token and request.path not in PUBLIC_PATHS:
         got = request.headers.get("Authorization", "")
         if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
             return _error(401, "missing or wrong bearer token")
@@ -139,10 +162,72 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def ui_file(request: web.Request) -> web.Response:
+    name, ctype = UI_FILES[request.path]
+    body = resources.files("chunkd").joinpath("web", name).read_bytes()
+    return web.Response(body=body, content_type=ctype, charset="utf-8", headers={"Cache-Control": "no-cache"})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(Rates().annotate(await snapshot(request.app[RUNTIME])))
+
+
+async def status_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `event: status` with a snapshot every `interval` seconds
+    (default 1, 0.2 to 10) until the client leaves or the daemon shuts down."""
+    try:
+        interval = float(request.query.get("interval", "1"))
+    except ValueError:
+        return _error(400, "interval must be a number of seconds")
+    if not 0.2 <= interval <= 10:
+        return _error(400, "interval must be between 0.2 and 10 seconds")
+    clients = request.app[EVENTS]
+    if clients.count >= MAX_EVENT_CLIENTS:
+        return _error(503, f"too many status listeners (at most {MAX_EVENT_CLIENTS})")
+    if clients.closing is None:
+        clients.closing = asyncio.Event()
+    closing = clients.closing
+    rt = request.app[RUNTIME]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    clients.count += 1
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: 2000\n\n")
+        rates = Rates()
+        while not closing.is_set():
+            snap = rates.annotate(await snapshot(rt))
+            await resp.write(b"event: status\ndata: " + json.dumps(snap).encode() + b"\n\n")
+            try:
+                await asyncio.wait_for(closing.wait(), interval)
+            except TimeoutError:
+                pass
+    except (ConnectionResetError, ClusterUnavailable):
+        pass  # the page went away, or NATS did: the page reconnects
+    except Exception:  # a bug: this listener ends (the page reconnects), the daemon keeps serving
+        log.exception("status_events_error")
+    finally:
+        clients.count -= 1
+    return resp
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    clients = app[EVENTS]
+    if clients.closing is None:
+        clients.closing = asyncio.Event()
+    clients.closing.set()
+
+
 def make_app(runtime: Runtime, *, token: str = "", max_request_bytes: int = 64 * 1024) -> web.Application:
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=max_request_bytes)
     app[RUNTIME] = runtime
     app[TOKEN] = token
+    app[EVENTS] = EventClients()
+    app.on_shutdown.append(_end_event_streams)
+    for path in UI_FILES:
+        app.router.add_get(path, ui_file)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/status/events", status_events)
     app.router.add_post("/v1/jobs", post_job)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", get_job)

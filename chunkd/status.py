@@ -1,0 +1,118 @@
+"""The live status page's data: one snapshot of what the daemon does now, and rates.
+
+GET /v1/status answers one snapshot; GET /v1/status/events pushes one every
+`interval` seconds as server-sent events (event: status, data: the snapshot as
+JSON) over a single connection, which is what the page at GET / listens to.
+A Rates object per connection turns the byte counts of two snapshots into
+rates (bytes/s, smoothed) and ETAs; the snapshot itself holds only counts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chunkd.jobs import FINAL_STATES
+from chunkd.summary import JobSummary
+
+if TYPE_CHECKING:
+    from chunkd.runtime import Runtime
+
+MAX_RUNNING_SHOWN = 200
+MAX_QUEUED_SHOWN = 200
+RECENT_SHOWN = 20
+SMOOTHING = 0.5  # weight of the newest interval in a smoothed rate
+
+
+def _stream_view(job: JobSummary, s: dict[str, Any]) -> dict[str, Any]:
+    return {"job_id": job["job_id"], "correlation_id": s["correlation_id"], "container": s["container"],
+            "blob": s["blob"], "size": s["size"], "bytes": s["bytes"], "chunks": s["chunks"],
+            "total_chunks": s["total_chunks"], "chunk_size": s["chunk_size"], "started_at": s["started_at"],
+            "end": s["end"]}
+
+
+async def snapshot(rt: "Runtime") -> dict[str, Any]:
+    """Running jobs with their streams, queued jobs, the buffer budget, per-component
+    totals and the most recent ended jobs: counts only, JSON-ready."""
+    running = await rt.job_summaries(MAX_RUNNING_SHOWN, "running")
+    queued = await rt.job_summaries(MAX_QUEUED_SHOWN, "queued")
+    recent = [j for j in await rt.job_summaries(RECENT_SHOWN * 3, None) if j["state"] in FINAL_STATES]
+    components = []
+    for name, pool in sorted(rt.pools.items()):
+        components.append({
+            "name": name,
+            "kind": pool.comp.kind,
+            "instances": pool.cfg.instances,
+            "bytes": int(rt.metrics.value("chunkd_bytes_delivered_total", component=name)),
+            "chunks": int(rt.metrics.value("chunkd_chunks_delivered_total", component=name)),
+            "running": sum(1 for j in running if j["component"] == name),
+            "queued": sum(1 for j in queued if j["component"] == name),
+        })
+    return {
+        "time": time.time(),
+        "node": rt.cluster.node if rt.cluster is not None else None,
+        "accepting": rt.accepting,
+        "budget": {"in_use": rt.budget.in_use, "limit": rt.budget.limit},
+        "running": [{
+            "job_id": j["job_id"], "component": j["component"], "args": j["args"], "instance": j["instance"],
+            "node": j["node"], "attempts": j["attempts"], "started_at": j["started_at"],
+            "streams": [_stream_view(j, dict(s)) for s in j["streams"]],
+        } for j in running],
+        "queued": [{"job_id": j["job_id"], "component": j["component"], "args": j["args"],
+                    "created_at": j["created_at"]} for j in queued],
+        "components": components,
+        "recent": [{"job_id": j["job_id"], "component": j["component"], "state": j["state"], "error": j["error"],
+                    "attempts": j["attempts"], "started_at": j["started_at"], "ended_at": j["ended_at"],
+                    "bytes": sum(s["bytes"] for s in j["streams"]), "streams": len(j["streams"])}
+                   for j in recent[:RECENT_SHOWN]],
+    }
+
+
+@dataclass
+class _Seen:
+    bytes: int
+    at: float
+    rate: float | None
+
+
+@dataclass
+class Rates:
+    """Per connection: adds `rate` (bytes/s) and `eta_s` to each open stream and `rate` to
+    each component, from the change since the previous snapshot (smoothed)."""
+
+    streams: dict[tuple[str, int], _Seen] = field(default_factory=dict)
+    components: dict[str, _Seen] = field(default_factory=dict)
+
+    @staticmethod
+    def _rate(seen: _Seen | None, count: int, now: float, since: float | None) -> float | None:
+        if seen is None:  # first sight: the average since the stream started, when known
+            if since is None or now - since <= 0:
+                return None
+            return count / (now - since)
+        dt = now - seen.at
+        if dt <= 0:
+            return seen.rate
+        r = max(0.0, (count - seen.bytes) / dt)
+        return r if seen.rate is None else SMOOTHING * r + (1 - SMOOTHING) * seen.rate
+
+    def annotate(self, snap: dict[str, Any]) -> dict[str, Any]:
+        now = float(snap["time"])
+        live: dict[tuple[str, int], _Seen] = {}
+        for job in snap["running"]:
+            for s in job["streams"]:
+                key = (s["job_id"], int(s["correlation_id"]))
+                rate = self._rate(self.streams.get(key), s["bytes"], now, s["started_at"])
+                s["rate"] = rate
+                left = None if s["size"] is None else max(0, s["size"] - s["bytes"])
+                s["eta_s"] = None if s["end"] is not None or left is None or not rate else left / rate
+                if s["end"] is None:
+                    live[key] = _Seen(s["bytes"], now, rate)
+        self.streams = live  # ended streams are forgotten: the map stays as small as the page
+        comps: dict[str, _Seen] = {}
+        for c in snap["components"]:
+            prev = self.components.get(c["name"])
+            rate = 0.0 if prev is None else self._rate(prev, c["bytes"], now, None)
+            c["rate"] = rate
+            comps[c["name"]] = _Seen(c["bytes"], now, rate)
+        self.components = comps
+        return snap
