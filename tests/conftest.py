@@ -76,7 +76,8 @@ def config_for(state_dir: Path, blobs: Path, guests: dict[str, Path], *, limits:
         "limits": {"call_timeout": "3s", "max_chunk_size": "1MiB", **(limits or {})},
         "containers": {"local": {"kind": "file", "root": str(blobs)}, **(containers or {})},
         "components": {
-            name: {"path": str(guests[opts.pop("guest", probe_guest if name == "probe" else name)]), **opts}
+            name: {"path": opts.pop("path", None) or str(guests[opts.pop("guest", probe_guest if name == "probe" else name)]),
+                   **opts}
             for name, opts in
             ((n, dict(o)) for n, o in comps.items())
         },

@@ -142,7 +142,21 @@ def test_check_names_the_path_and_refuses_bad_core_modules(tmp_path: Path, state
     bad = write_config(tmp_path, state_dir, blobs, {"wasi": wasi})
     assert main(["check", "-c", str(bad)]) == EXIT_CONFIG
     out = capsys.readouterr().out
-    assert "component wasi: FAIL" in out and "wasi_snapshot_preview1/fd_write" in out
+    assert "component wasi: FAIL" in out and "wasi_snapshot_preview1/path_open" in out
+
+
+async def test_core_guest_prints_through_fd_write(harness, tmp_path: Path) -> None:
+    """fd_write to fds 1 and 2 becomes guest output lines, as a component's stdout and
+    stderr do; any other fd gets errno badf (the guest checks it and answers ok)."""
+    wat = tmp_path / "fdw.wat"
+    shutil.copy(WAT / "core-fd-write.wat", wat)
+    seen: list[tuple[str, str]] = []
+    async with harness(components={"fdw": {"path": str(wat)}}) as h:
+        h.runtime.output_listeners.append(lambda job, comp, fd, line: seen.append((fd, line)))
+        job = await h.run("fdw", [])
+    assert job.state == COMPLETED and job.invoke_result == "badf"
+    assert ("stdout", "hello from core") in seen and ("stderr", "to stderr") in seen
+    assert h.out(job) == ["hello from core"]
 
 
 async def test_file_chunks_go_straight_into_guest_memory(harness, blobs: Path) -> None:
