@@ -181,3 +181,74 @@ async def test_direct_read_of_a_file_that_shrinks_ends_failed(harness, blobs: Pa
     assert job.state == FAILED
     assert "changed size" in str(job.deliveries[0].outcome), job.deliveries[0].outcome
     assert job.deliveries[0].stats.bytes <= 200_000
+
+
+def test_the_native_batch_is_built() -> None:
+    """scripts/setup builds chunkd/native/direct_batch.c; a missing library would silently
+    put every core-path batch back on the Python loop, so it is a failure here."""
+    from chunkd.host import native
+    assert native.NATIVE is not None, f"{native.DEFAULT_LIB} missing or of another layout: run scripts/build-native"
+
+
+async def _direct_scenarios(h: Any, blobs: Path) -> list[Any]:
+    out: list[Any] = []
+    for args in (["local", "a.bin", "65536", "1", "-1", "log"],   # every chunk, in order
+                 ["local", "a.bin", "1000", "2", "7", "log"],     # false at chunk 7
+                 ["local", "e.bin", "4096", "3", "-1", "log"],    # empty blob
+                 ["many", "local", "a.bin", "65536", "40"]):      # 40 streams of one job, interleaved
+        job, log = await run_and_report(h, args)
+        out.append((str(job.state), job.error, log, [(d.correlation_id, str(d.outcome), d.stats.chunks,
+                                                      d.stats.bytes) for d in job.deliveries]))
+    trap = await h.run("core", ["local", "a.bin", "65536", "9", "-1", "log", "x"])  # bad args: err
+    out.append((str(trap.state), trap.error))
+    return out
+
+
+async def test_native_and_python_batches_agree(harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunkd.host import core, native
+    assert native.NATIVE is not None
+    make_blob(blobs, "a.bin", 1_000_003)
+    make_blob(blobs, "e.bin", 0)
+    used = {"native": 0}
+    real = core.CoreInstance._run_batch_native
+
+    def counting(self: Any, lib: Any, calls: Any) -> Any:
+        used["native"] += 1
+        return real(self, lib, calls)
+
+    monkeypatch.setattr(core.CoreInstance, "_run_batch_native", counting)
+    async with harness(components=CORE) as h:
+        with_native = await _direct_scenarios(h, blobs)
+    assert used["native"] > 0
+    monkeypatch.setattr(native, "NATIVE", None)
+    used["native"] = 0
+    async with harness(components=CORE) as h:
+        with_python = await _direct_scenarios(h, blobs)
+    assert used["native"] == 0
+    assert with_native == with_python
+    assert with_native[0][2][-1] == f"ended 1 0 {fnv((blobs / 'a.bin').read_bytes())}"
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness, blobs: Path, use_native: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trap or a timeout in handle-chunk in the middle of a batch (native or Python):
+    the chunks before it were delivered, the job fails with the reason, the instance is
+    replaced and the next job completes."""
+    from chunkd.host import native
+    assert native.NATIVE is not None
+    if not use_native:
+        monkeypatch.setattr(native, "NATIVE", None)
+    data = make_blob(blobs, "a.bin", 1 << 20)
+    async with harness(components={"core": {"guest": "core_probe", "prefetch_chunks": 8}},
+                       limits={"call_timeout": "1s"}) as h:
+        trapped = await h.run("core", ["local", "a.bin", "65536", "1", "5", "trapat"])
+        assert trapped.state == FAILED and "trapped" in (trapped.error or ""), trapped.error
+        assert trapped.deliveries[0].stats.chunks == 5  # 0..4 answered, the 6th call trapped
+        looped = await h.run("core", ["local", "a.bin", "65536", "2", "3", "loopat"])
+        assert looped.state == FAILED and "call_timeout" in (looped.error or ""), looped.error
+        assert looped.deliveries[0].stats.chunks == 3
+        job, log = await run_and_report(h, ["local", "a.bin", "65536", "3", "-1", "log"])
+        assert job.state == COMPLETED and log[-1] == f"ended 3 0 {fnv(data)}"
+        assert h.runtime.metrics.value("chunkd_traps_total", component="core") == 1
+        assert h.runtime.metrics.value("chunkd_timeouts_total", component="core") == 1

@@ -19,6 +19,7 @@ Layouts (CanonicalABI.md; all little-endian, retptr results):
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 from typing import Any, Callable
 
@@ -26,9 +27,9 @@ from wasmtime import Func, FuncType, Linker, Memory, Store, Trap, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime._func import maybe_raise_last_exn
 
-from chunkd.errors import SourceError
-from chunkd.host import rawffi, values
-from chunkd.host.instance import DirectRead, InstanceBase, _LineBuffer, read_exactly_into
+from chunkd.errors import GuestTrap, SourceError
+from chunkd.host import native, rawffi, values
+from chunkd.host.instance import Answer, DirectRead, HandleCall, InstanceBase, _LineBuffer, read_exactly_into
 from chunkd.host.wit import (
     BLOBS_IFACE,
     CORE_HOST_FUNCS,
@@ -323,6 +324,78 @@ class CoreInstance(InstanceBase):
                 raise SourceError(f"blob changed size: got {got} bytes at offset {r.offset}, expected {n}")
             self._give_back_host_time(t0)  # a slow read is host time, not the guest's
         return self._call_handle(handle, correlation_id, current, total, p, n)
+
+    def _run_batch(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+        lib = native.NATIVE
+        if lib is None or not calls or any(type(c[4]) is not DirectRead for c in calls):
+            return super()._run_batch(calls)
+        return self._run_batch_native(lib, calls)
+
+    def _run_batch_native(self, lib: native.DirectBatch,
+                          calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+        """The same batch as InstanceBase._run_batch, run by direct_batch.c: one ctypes call
+        (GIL released) for every chunk of the batch. Answers and errors mean the same."""
+        n = len(calls)
+        arr = (native.Call * n)()
+        for c, (handle, cid, current, total, data) in zip(arr, calls):
+            assert type(data) is DirectRead
+            c.handle, c.fd, c.cid, c.cur, c.total = handle | BORROW_BIT, data.fd, _s64(cid), _s64(current), _s64(total)
+            c.offset, c.length, c.advise = data.offset, data.length, data.advise
+        if self._realloc is None:
+            self._realloc = self._export("cabi_realloc")
+        if self._handle is None:
+            self._handle = self._export(EXPORT_HANDLE)
+            self._handle_post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
+        assert self._mem is not None
+        trap = ctypes.c_void_p()
+        err = ctypes.c_void_p()
+        reached = [0]
+
+        def run() -> None:
+            ctx = ctypes.cast(self._st._context(), ctypes.c_void_p)
+            post = self._handle_post
+            reached[0] = lib.run(lib.api_ref, ctx, ctypes.addressof(self._realloc._func._func),  # type: ignore[union-attr]
+                                 ctypes.addressof(self._handle._func._func),  # type: ignore[union-attr]
+                                 ctypes.addressof(post._func._func) if post is not None else None,
+                                 ctypes.addressof(self._mem._memory), arr, n,  # type: ignore[union-attr]
+                                 self.call_timeout_ticks, ctypes.addressof(self._halt),
+                                 ctypes.addressof(self.clock._ticks), ctypes.addressof(self._call_clock),
+                                 ctypes.addressof(trap), ctypes.addressof(err))
+            if trap.value:
+                t = Trap._from_ptr(ctypes.cast(trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
+                maybe_raise_last_exn()
+                raise t
+            if err.value:
+                e = rawffi.error_from(err.value)
+                maybe_raise_last_exn()
+                raise e
+            last = arr[reached[0] - 1] if reached[0] else None
+            if last is not None and last.status == native.BAD_POINTER:
+                raise AbiViolation(f"guest pointer {last.detail}+{last.length} is outside its memory")
+
+        stop: GuestTrap | None = None
+        try:
+            self._guarded("handle-chunk", run)
+        except GuestTrap as e:
+            stop = e
+        answers: list[Answer] = []
+        seconds: list[float] = []
+        for c in arr[:reached[0]]:
+            if c.status == native.ANSWERED:
+                answers.append(bool(c.answer))
+            elif c.status == native.SKIPPED:
+                answers.append(None)
+            elif c.status == native.SHORT_READ:
+                answers.append(SourceError(f"blob changed size: got {c.detail} bytes at offset {c.offset}, "
+                                           f"expected {c.length}"))
+            elif c.status == native.READ_ERROR:
+                answers.append(SourceError(f"read failed at offset {c.offset}: {os.strerror(c.detail)}"))
+            else:  # TRAPPED or BAD_POINTER: the call that stopped the batch has no answer
+                break
+            seconds.append(c.seconds if c.status != native.SKIPPED else 0.0)
+        if stop is None and reached[0] < n:
+            stop = GuestTrap(f"handle-chunk stopped the batch in {self.label}")  # not reached: defensive
+        return answers, seconds, stop
 
     def _call_handle(self, handle: int, correlation_id: int, current: int, total: int, p: int, n: int) -> bool:
         if self._handle is None:

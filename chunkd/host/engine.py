@@ -1,6 +1,8 @@
 """The wasmtime engine chunkd shares across components, and its epoch clock."""
 from __future__ import annotations
 
+import ctypes
+
 import threading
 from pathlib import Path
 
@@ -38,16 +40,20 @@ class EpochClock:
     def __init__(self, engine: Engine, tick_s: float = EPOCH_TICK_S) -> None:
         self.engine = engine
         self.tick_s = tick_s
-        self.ticks = 0
+        self._ticks = ctypes.c_uint64(0)  # C reads it too (the native batch, host/native.py)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chunkd-epoch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def ticks(self) -> int:
+        return int(self._ticks.value)
+
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
-            self.ticks += 1
+            self._ticks.value += 1
             self.engine.increment_epoch()
 
     def stop(self) -> None:

@@ -117,6 +117,13 @@ class HostServices(Protocol):
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None: ...
 
 
+class CallClock(ctypes.Structure):
+    """When the current guest call started (epoch ticks) and how many ticks it spent
+    waiting on the host; a struct so that the native batch can restart it per call."""
+
+    _fields_ = [("start", ctypes.c_int64), ("waited", ctypes.c_int64)]
+
+
 class _LineBuffer:
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._buf = bytearray()
@@ -164,14 +171,38 @@ class InstanceBase:
         self._next_handle = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
         self._store: Store | None = None
-        self._call_start_tick = 0
-        self._waited_ticks = 0
+        self._call_clock = CallClock()  # this call's start tick and host-waited ticks; C writes it too
         self._in_call = False
         self._closed = False
-        self.halt = False  # set from the loop to skip the rest of a batch (cluster fencing)
+        self._halt = ctypes.c_int32(0)  # read by the native batch too (host/native.py)
         self._ctx: Any = None
         self._ctx_of: Store | None = None
         self._c_timeout = ctypes.c_uint64(self.call_timeout_ticks)
+
+    @property
+    def _call_start_tick(self) -> int:
+        return int(self._call_clock.start)
+
+    @_call_start_tick.setter
+    def _call_start_tick(self, value: int) -> None:
+        self._call_clock.start = value
+
+    @property
+    def _waited_ticks(self) -> int:
+        return int(self._call_clock.waited)
+
+    @_waited_ticks.setter
+    def _waited_ticks(self, value: int) -> None:
+        self._call_clock.waited = value
+
+    @property
+    def halt(self) -> bool:
+        """Set from the loop to skip the rest of a batch (cluster fencing)."""
+        return bool(self._halt.value)
+
+    @halt.setter
+    def halt(self, value: bool) -> None:
+        self._halt.value = 1 if value else 0
 
     # --- lifecycle (loop side) ---------------------------------------------------
 

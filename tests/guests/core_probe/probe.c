@@ -6,7 +6,8 @@
  *   [CONTAINER, NAME, CHUNK, CID, STOP_AT, MODE]  open + start-chunking-read;
  *        STOP_AT: handle-chunk answers false at that chunk (-1: never);
  *        MODE "log": log every chunk with an FNV-1a hash of the stream so far,
- *             "quiet": only touch every byte (benchmarks)
+ *             "quiet": only touch every byte (benchmarks),
+ *             "trapat" / "loopat": log, and trap / loop forever at chunk STOP_AT
  *   ["read", CONTAINER, NAME, LEN]   pull LEN bytes, log "read N HASH" or the error
  *   ["again", CID, CHUNK]            start-chunking-read again on the last stream
  *   ["many", CONTAINER, NAME, CHUNK, COUNT]  COUNT quiet streams of one blob (cids 0..COUNT-1)
@@ -99,6 +100,7 @@ static int64_t num(str_t a) {
 #define MAXS 4096
 static struct { int64_t cid; int64_t stop_at; uint32_t hash; int used; } st[MAXS];
 static int quiet = 0;
+static int64_t trap_at = -1, loop_at = -1;
 static int32_t last_handle = -1;
 static uint64_t touched = 0;
 
@@ -175,6 +177,8 @@ void *invoke(str_t *args, size_t n) {
   }
   if (n != 6) { inv_ret.disc = 1; inv_ret.s.ptr = "bad args"; inv_ret.s.len = 8; return &inv_ret; }
   quiet = eq(args[5], "quiet");
+  trap_at = eq(args[5], "trapat") ? num(args[4]) : -1;
+  loop_at = eq(args[5], "loopat") ? num(args[4]) : -1;
   blobs_open(args[0].ptr, args[0].len, args[1].ptr, args[1].len, ret);
   if (ret[0]) { puts_("open"); log_err(ret + 4); puts_("\n"); return ret_ok("open failed"); }
   int32_t h = *(int32_t *)(ret + 4);
@@ -198,7 +202,9 @@ void post_invoke(void *ret) {
 EXPORT("chunkd:streams/chunked-stream-handler@0.1.0#handle-chunk")
 int32_t handle_chunk(int32_t stream, int64_t cid, int64_t cur, int64_t total, const uint8_t *data, size_t len) {
   int s = slot(cid);
-  int more = st[s].stop_at < 0 || cur < st[s].stop_at;
+  if (cur == trap_at) __builtin_trap();
+  if (cur == loop_at) { volatile int x = 1; while (x) {} }
+  int more = st[s].stop_at < 0 || cur < st[s].stop_at || trap_at >= 0 || loop_at >= 0;
   if (quiet) {  /* touch every byte, 8 at a time (vectorized by the compiler) */
     uint64_t acc = 0; size_t i = 0;
     for (; i + 8 <= len; i += 8) acc ^= *(const uint64_t *)(data + i);
