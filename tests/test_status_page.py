@@ -153,9 +153,17 @@ def test_the_page_in_chromium_shows_progress_and_cancels(daemon: Callable[..., S
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         bar = f'.job[data-job="{job_id}"] .stream [role="progressbar"]'
 
+        def in_page(selector: str, what: str) -> str | None:
+            """One read in the page's own JS: the page redraws its streams every update, so
+            an element found by one WebDriver call may be gone by the next."""
+            v = browser.execute_script(
+                "const e = document.querySelector(arguments[0]);"
+                "return e ? (arguments[1] === 'text' ? e.textContent : e.getAttribute(arguments[1])) : null;",
+                selector, what)
+            return None if v is None else str(v)
+
         def progress() -> float | None:
-            els = browser.find_elements(By.CSS_SELECTOR, bar)
-            v = els[0].get_attribute("aria-valuenow") if els else None
+            v = in_page(bar, "aria-valuenow")
             return float(v) if v else None
 
         first = wait_for(lambda: (p := progress()) is not None and p > 0 and p, 30, 0.1, "the stream's progress")
@@ -163,7 +171,7 @@ def test_the_page_in_chromium_shows_progress_and_cancels(daemon: Callable[..., S
         later = wait_for(lambda: (p := progress()) is not None and p > first + 2 and p, 30, 0.1,
                          "the progress to rise")
         assert later < 100
-        text = browser.find_element(By.CSS_SELECTOR, f'.job[data-job="{job_id}"] .figures').text
+        text = in_page(f'.job[data-job="{job_id}"] .figures', "text") or ""
         assert "big.bin" in browser.find_element(By.CSS_SELECTOR, f'.job[data-job="{job_id}"]').text
         assert "MiB of 64.0 MiB" in text and "chunks" in text and "/s" in text and "ETA" in text
         assert browser.find_element(By.ID, "conn").text == "live"
