@@ -13,6 +13,7 @@ COPY scripts ./scripts
 RUN python -m venv .venv \
  && .venv/bin/pip install --no-cache-dir -e ".[test]" \
  && scripts/build-guests sha256 cancel_after \
+ && scripts/build-native \
  && useradd --system --home-dir /var/lib/chunkd --create-home --shell /usr/sbin/nologin chunkd \
  && mkdir -p /srv/blobs /var/lib/chunkd && chown chunkd:chunkd /var/lib/chunkd
 
