@@ -158,6 +158,10 @@ def test_a_node_cut_off_from_nats_stops_before_the_job_runs_elsewhere(
         proxy.close()
 
 
+def asker_name(s: Server, nodes: list[Server]) -> str:
+    return "n1" if s is nodes[0] else "n2"
+
+
 def test_cancel_on_one_node_reaches_the_running_node(
         tmp_path: Path, state_dir: Path, guests: dict[str, Path], nats: NatsServer,
         cluster_blobs: tuple[Path, dict[str, str]], nodes: list[Server]) -> None:
@@ -171,6 +175,11 @@ def test_cancel_on_one_node_reaches_the_running_node(
     seen = wait_for(lambda: [s for s in asker.request("GET", "/v1/streams")[1]["streams"]
                              if s["job_id"] == jid and s["bytes"] > 0], 15, 0.2, "the stream in /v1/streams")
     assert seen[0]["node"] == owner and seen[0]["blob"] == "long.bin"
+    # the status page's snapshot on the other node shows the cluster's running job too
+    status, snap = asker.request("GET", "/v1/status")
+    assert status == 200 and snap["node"] == asker_name(asker, nodes)
+    running = [j for j in snap["running"] if j["job_id"] == jid]
+    assert running and running[0]["node"] == owner and running[0]["streams"][0]["blob"] == "long.bin"
     t0 = time.monotonic()
     status, body = asker.request("DELETE", f"/v1/jobs/{jid}")
     assert status == 202 and body["cancel_requested"] is True
