@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 
 import structlog
 
@@ -33,6 +33,7 @@ log = structlog.get_logger("chunkd.streamset")
 BATCH_CHUNKS = 64  # handle-chunk calls per trip to the instance thread
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_INVOKE_RESULT = 64 * 1024  # characters of an invoke result kept in the job record
+BatchResult = tuple[list[Answer], list[float], GuestTrap | None]
 
 
 class StreamAccounting(Protocol):
@@ -153,68 +154,113 @@ class StreamSet:
     async def _deliver(self) -> None:
         """Round-robin over the job's streams that have a chunk ready (O(1) per chunk).
 
-        Chunks already read ahead go to the instance thread in small batches, one
-        handle-chunk call after another, so a thread hop is paid per batch rather than
-        per chunk; a paced component gets one chunk per hop."""
+        Chunks go to the instance thread in batches, one handle-chunk call after another,
+        so a thread hop is paid per batch rather than per chunk; a paced component gets
+        one chunk per hop. Batches of direct chunks (a core guest reading files itself)
+        are pipelined: the next batch is built and queued on the instance thread while
+        the current one runs, and accounted for after it. The instance skips, in a queued
+        batch, every stream an earlier batch stopped (see InstanceBase.handle_chunks)."""
         job = self.job
         paced = self.settings.pacer.rate > 0
-        while True:
-            self._schedule_requests()
-            if job.cancel_requested:
-                end = values.failed(job.fenced) if job.fenced else values.CANCELLED
-                trap = await self._end_all(end, tell_guest=True)
-                if trap is not None:
-                    raise trap
-                return
-            if job.open_streams == 0:
-                return
-            if not job.ready_streams:
-                job.ready.clear()
-                if job.ready_streams or job.requests:
+        inflight: tuple[list[tuple[Delivery, Chunk]], asyncio.Task[BatchResult]] | None = None
+        try:
+            while True:
+                self._schedule_requests()
+                if job.cancel_requested:
+                    if inflight is not None:
+                        batch, task = inflight
+                        inflight = None
+                        await self._account(batch, task)
+                    end = values.failed(job.fenced) if job.fenced else values.CANCELLED
+                    trap = await self._end_all(end, tell_guest=True)
+                    if trap is not None:
+                        raise trap
+                    return
+                if job.open_streams == 0 and inflight is None:
+                    return
+                batch = await self._take_batch(paced, direct_only=inflight is not None)
+                if batch and not paced and self._tg is not None and all(d.direct for d, _ in batch):
+                    # queue it behind the batch in flight, then account for that one
+                    task = self._tg.create_task(self._send(batch, fresh=inflight is None),
+                                                name=f"chunkd:batch:{job.id}")
+                    previous, inflight = inflight, (batch, task)
+                    if previous is not None:
+                        await self._account(*previous)
                     continue
-                await job.ready.wait()
-                continue
-            batch: list[tuple[Delivery, Chunk]] = []
-            nbytes = 0
-            limit = 1 if paced else BATCH_CHUNKS
-            ready = job.ready_streams
-            while ready and len(batch) < limit and nbytes < BATCH_BYTES:
-                d = ready[0]
-                if d.outcome is not None or not d.has_next():
-                    ready.popleft()
-                    d.in_ready = False
+                if inflight is not None:
+                    previous, inflight = inflight, None
+                    await self._account(*previous)
+                if batch:
+                    await self._account(batch, self._send(batch, fresh=True))
                     continue
-                if d.direct_fd is not None:
-                    item = d.take_direct()
-                else:
-                    head = d.queue[0]
-                    if isinstance(head, End):
-                        if batch:
-                            break  # ends are told after the chunks before them
-                        ready.popleft()
-                        d.in_ready = False
-                        d.queue.popleft()
-                        await self._end(d, head.end, tell_guest=True)
-                        break
-                    d.queue.popleft()
-                    item = head
+                if job.open_streams == 0 or job.cancel_requested:
+                    continue
+                if not job.ready_streams:
+                    job.ready.clear()
+                    if job.ready_streams or job.requests:
+                        continue
+                    await job.ready.wait()
+        finally:
+            if inflight is not None:  # leaving early (a trap, a cancel, a bug): the batch still
+                batch, task = inflight  # runs on the thread; wait for it, give its chunks back
+                try:
+                    await asyncio.wait([task])
+                finally:
+                    for d, c in batch:
+                        d.dropped(c)
+                    if task.done() and not task.cancelled():
+                        task.exception()  # seen: its result is not accounted for
+
+    async def _take_batch(self, paced: bool, direct_only: bool) -> list[tuple[Delivery, Chunk]]:
+        """The next batch from the ready streams, round-robin. `direct_only`: stop at the
+        first stream that is not read directly (only direct batches are pipelined)."""
+        job = self.job
+        batch: list[tuple[Delivery, Chunk]] = []
+        nbytes = 0
+        limit = 1 if paced else BATCH_CHUNKS
+        ready = job.ready_streams
+        while ready and len(batch) < limit and nbytes < BATCH_BYTES:
+            d = ready[0]
+            if d.outcome is not None or not d.has_next():
                 ready.popleft()
                 d.in_ready = False
-                if d.has_next():  # more ready: back of the line, after the other streams
-                    job.mark_ready(d)
-                batch.append((d, item))
-                nbytes += item.length
-            if batch:
-                await self._deliver_batch(batch)
+                continue
+            if d.direct_fd is not None:
+                item = d.take_direct()
+            else:
+                if direct_only:
+                    break
+                head = d.queue[0]
+                if isinstance(head, End):
+                    if batch:
+                        break  # ends are told after the chunks before them
+                    ready.popleft()
+                    d.in_ready = False
+                    d.queue.popleft()
+                    await self._end(d, head.end, tell_guest=True)
+                    break
+                d.queue.popleft()
+                item = head
+            ready.popleft()
+            d.in_ready = False
+            if d.has_next():  # more ready: back of the line, after the other streams
+                job.mark_ready(d)
+            batch.append((d, item))
+            nbytes += item.length
+        return batch
 
-    async def _deliver_batch(self, batch: list[tuple[Delivery, Chunk]]) -> None:
+    async def _send(self, batch: list[tuple[Delivery, Chunk]], fresh: bool) -> BatchResult:
         pacer = self.settings.pacer
         if pacer.rate > 0:
             await pacer.take(sum(c.length for _, c in batch))
         calls: list[HandleCall] = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data)
                                    for d, c in batch]
+        return await self.inst.handle_chunks(calls, fresh)
+
+    async def _account(self, batch: list[tuple[Delivery, Chunk]],
+                       sent: "asyncio.Task[BatchResult] | Coroutine[Any, Any, BatchResult]") -> None:
         try:
-            answers, seconds, error = await self.inst.handle_chunks(calls)
+            answers, seconds, error = await sent
         except BaseException:
             for d, c in batch:  # not delivered (cancelled mid-trip): give the room back
                 d.dropped(c)
@@ -226,7 +272,7 @@ class StreamSet:
         padded_seconds = seconds + [0.0] * (len(batch) - len(seconds))
         delivered = nbytes = 0
         for (d, c), more, took in zip(batch, padded_answers, padded_seconds, strict=True):
-            if more is None:  # not delivered: the stream ended earlier in the batch, or the guest trapped
+            if more is None:  # not delivered: the stream ended earlier, or the guest trapped
                 d.dropped(c)
                 continue
             if isinstance(more, SourceError):  # a direct read failed: the guest was not called

@@ -212,9 +212,9 @@ async def test_native_and_python_batches_agree(harness, blobs: Path, monkeypatch
     used = {"native": 0}
     real = core.CoreInstance._run_batch_native
 
-    def counting(self: Any, lib: Any, calls: Any) -> Any:
+    def counting(self: Any, *args: Any) -> Any:
         used["native"] += 1
-        return real(self, lib, calls)
+        return real(self, *args)
 
     monkeypatch.setattr(core.CoreInstance, "_run_batch_native", counting)
     async with harness(components=CORE) as h:
@@ -252,3 +252,23 @@ async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness,
         assert job.state == COMPLETED and log[-1] == f"ended 3 0 {fnv(data)}"
         assert h.runtime.metrics.value("chunkd_traps_total", component="core") == 1
         assert h.runtime.metrics.value("chunkd_timeouts_total", component="core") == 1
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+@pytest.mark.parametrize("stop_at", [7, 100, 63, 64])
+async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: Path, stop_at: int, use_native: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct batches are pipelined (64 chunks each): when a chunk answers false, the
+    next batch is already queued on the instance thread with more chunks of the same
+    stream. None of them may reach the guest."""
+    from chunkd.host import native
+    if not use_native:
+        monkeypatch.setattr(native, "NATIVE", None)
+    data = make_blob(blobs, "a.bin", 1_000_003)
+    async with harness(components=CORE) as h:
+        job, log = await run_and_report(h, ["local", "a.bin", "1000", "4", str(stop_at), "log"])
+    chunks = [int(line.split()[2]) for line in log if line.startswith("chunk 4 ")]
+    assert chunks == list(range(stop_at + 1))
+    assert log[-1] == f"ended 4 1 {fnv(data[:1000 * (stop_at + 1)])}"  # 1 = cancelled
+    assert job.deliveries[0].stats.chunks == stop_at + 1
+    assert str(job.deliveries[0].outcome) == "cancelled"

@@ -74,16 +74,18 @@ async def test_a_source_bug_fails_its_stream_and_the_job_not_the_daemon(harness,
 async def test_a_bug_in_the_delivery_loop_fails_the_job_and_the_daemon_goes_on(
         harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_blob(blobs, "a.bin", 200_000)
-    orig = StreamSet._deliver_batch
+    orig = StreamSet._account
     broken = {"left": 1}
 
-    async def deliver_batch(self: StreamSet, batch: Any) -> None:
+    async def account(self: StreamSet, batch: Any, sent: Any) -> None:
         if broken["left"]:
             broken["left"] -= 1
+            if asyncio.iscoroutine(sent):
+                sent.close()  # a sequential batch: never sent
             raise ZeroDivisionError("a bug in the delivery loop")
-        await orig(self, batch)
+        await orig(self, batch, sent)
 
-    monkeypatch.setattr(StreamSet, "_deliver_batch", deliver_batch)
+    monkeypatch.setattr(StreamSet, "_account", account)
     async with harness() as h:
         with structlog.testing.capture_logs() as logs:
             job = await h.run("probe", ["open s local a.bin", "start s 4096 1"])
@@ -179,3 +181,29 @@ async def test_a_failed_instance_start_is_retried(harness, blobs: Path, monkeypa
         assert failures["left"] == 0 and h.runtime.pools["probe"].idle.qsize() == 2
         job = await h.run("probe", ["open s local a.bin", "start s 4096 1"])
         assert job.state == COMPLETED
+
+
+async def test_a_bug_while_a_pipelined_batch_is_in_flight(harness, blobs: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct batches (a core guest reading a file) are pipelined: a bug while accounting
+    for one, with the next already queued on the instance thread, fails only the job;
+    the queued batch is awaited and given back, no task is left (the autouse invariants)."""
+    make_blob(blobs, "a.bin", 2 << 20)
+    orig = StreamSet._account
+    calls = {"n": 0}
+
+    async def account(self: StreamSet, batch: Any, sent: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            await asyncio.wait([sent]) if isinstance(sent, asyncio.Task) else None
+            raise ZeroDivisionError("a bug while a batch is in flight")
+        await orig(self, batch, sent)
+
+    monkeypatch.setattr(StreamSet, "_account", account)
+    async with harness(components={"core": {"guest": "core_probe"}}) as h:
+        job = await h.run("core", ["local", "a.bin", "4096", "1", "-1", "quiet"])
+        assert job.state == FAILED and "ZeroDivisionError" in (job.error or ""), job.error
+        assert job.ends == 1 and h.runtime.budget.in_use == 0 and h.runtime.active_streams == 0
+        again = await h.run("core", ["local", "a.bin", "4096", "2", "-1", "quiet"])
+        assert again.state == COMPLETED
+        assert again.deliveries[0].stats.chunks == 512

@@ -325,22 +325,28 @@ class CoreInstance(InstanceBase):
             self._give_back_host_time(t0)  # a slow read is host time, not the guest's
         return self._call_handle(handle, correlation_id, current, total, p, n)
 
-    def _run_batch(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+    def _run_batch(self, calls: list[HandleCall],
+                   fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
         lib = native.NATIVE
         if lib is None or not calls or any(type(c[4]) is not DirectRead for c in calls):
-            return super()._run_batch(calls)
-        return self._run_batch_native(lib, calls)
+            return super()._run_batch(calls, fresh)
+        return self._run_batch_native(lib, calls, fresh)
 
-    def _run_batch_native(self, lib: native.DirectBatch,
-                          calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+    def _run_batch_native(self, lib: native.DirectBatch, calls: list[HandleCall],
+                          fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
         """The same batch as InstanceBase._run_batch, run by direct_batch.c: one ctypes call
         (GIL released) for every chunk of the batch. Answers and errors mean the same."""
         n = len(calls)
         arr = (native.Call * n)()
+        if fresh:
+            self._stopped_handles.clear()
+        gone = self._stopped_handles
         for c, (handle, cid, current, total, data) in zip(arr, calls):
             assert type(data) is DirectRead
             c.handle, c.fd, c.cid, c.cur, c.total = handle | BORROW_BIT, data.fd, _s64(cid), _s64(current), _s64(total)
             c.offset, c.length, c.advise = data.offset, data.length, data.advise
+            if handle in gone:  # a batch before this one stopped the stream
+                c.status = native.SKIPPED
         if self._realloc is None:
             self._realloc = self._export("cabi_realloc")
         if self._handle is None:
@@ -380,7 +386,9 @@ class CoreInstance(InstanceBase):
             stop = e
         answers: list[Answer] = []
         seconds: list[float] = []
-        for c in arr[:reached[0]]:
+        for c, call in zip(arr[:reached[0]], calls):
+            if (c.status == native.ANSWERED and not c.answer) or c.status in (native.SHORT_READ, native.READ_ERROR):
+                gone.add(call[0])
             if c.status == native.ANSWERED:
                 answers.append(bool(c.answer))
             elif c.status == native.SKIPPED:

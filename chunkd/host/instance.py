@@ -175,6 +175,7 @@ class InstanceBase:
         self._in_call = False
         self._closed = False
         self._halt = ctypes.c_int32(0)  # read by the native batch too (host/native.py)
+        self._stopped_handles: set[int] = set()  # streams stopped by queued batches (handle_chunks)
         self._ctx: Any = None
         self._ctx_of: Store | None = None
         self._c_timeout = ctypes.c_uint64(self.call_timeout_ticks)
@@ -276,22 +277,31 @@ class InstanceBase:
     async def invoke(self, args: list[str]) -> tuple[bool, str]:
         return await self._on_thread(self._guarded, "invoke", self._invoke, args)
 
-    async def handle_chunks(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+    async def handle_chunks(self, calls: list[HandleCall],
+                            fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
         """Several handle-chunk calls in one trip to the instance thread, in order.
 
         Returns one answer per call made (None: skipped, because an earlier call of the
-        batch ended that correlation-id; a SourceError: a direct read failed, so the
-        guest was not called), each call's duration, and the trap that stopped the
-        batch, if any (later calls are not made)."""
-        return await self._on_thread(self._run_batch, calls)
+        batch, or of a batch before it, ended that stream; a SourceError: a direct read
+        failed, so the guest was not called), each call's duration, and the trap that
+        stopped the batch, if any (later calls are not made).
 
-    def _run_batch(self, calls: list[HandleCall]) -> tuple[list[Answer], list[float], GuestTrap | None]:
+        `fresh`: no other batch of this job is queued before this one, so the streams
+        earlier batches stopped are forgotten. A batch sent while another is still on
+        the thread (fresh=False) skips the streams that one stopped: no chunk of a
+        stream reaches the guest after the stream answered false or failed."""
+        return await self._on_thread(self._run_batch, calls, fresh)
+
+    def _run_batch(self, calls: list[HandleCall],
+                   fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
         answers: list[Answer] = []
         seconds: list[float] = []
-        stopped: set[int] = set()
+        if fresh:
+            self._stopped_handles.clear()
+        stopped = self._stopped_handles  # stream handles (never reused in an instance)
         clock = time.perf_counter
         for handle, cid, current, total, data in calls:
-            if cid in stopped or self.halt:
+            if handle in stopped or self.halt:
                 answers.append(None)
                 seconds.append(0.0)
                 continue
@@ -308,18 +318,18 @@ class InstanceBase:
             except SourceError as e:
                 answers.append(e)
                 seconds.append(clock() - t0)
-                stopped.add(cid)
+                stopped.add(handle)
                 continue
             except OSError as e:
                 answers.append(SourceError(f"read failed at offset {getattr(data, 'offset', '?')}: "
                                            f"{e.strerror or e}"))
                 seconds.append(clock() - t0)
-                stopped.add(cid)
+                stopped.add(handle)
                 continue
             seconds.append(clock() - t0)
             answers.append(more)
             if not more:
-                stopped.add(cid)
+                stopped.add(handle)
         return answers, seconds, None
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:

@@ -90,6 +90,7 @@ int64_t chunkd_run_direct(const api_t *api, void *ctx, const void *realloc_f, co
   int64_t stops = 0;  /* calls that ended their cid so far: only then is the batch scanned */
   for (int64_t i = 0; i < n; i++) {
     call_t *c = &calls[i];
+    if (c->status == SKIPPED) { c->seconds = 0; continue; }  /* preset: an earlier batch stopped it */
     if (*halt || (stops && stopped(calls, i))) { c->status = SKIPPED; c->seconds = 0; continue; }
     double t0 = now();
     if (c->advise > 0) posix_fadvise(c->fd, c->offset + c->length, c->advise, POSIX_FADV_WILLNEED);
