@@ -11,6 +11,8 @@ set and deliveries.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -21,7 +23,7 @@ from wasmtime import Trap
 from chunkd.config import ComponentConfig, Config, DaemonConfig, LimitsConfig
 from chunkd.errors import SourceError
 from chunkd.host import values
-from chunkd.host.instance import HostStream, InstanceBase
+from chunkd.host.instance import DirectRead, HostStream, InstanceBase
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.metrics import Metrics
@@ -30,13 +32,23 @@ from chunkd.tasks import TaskScope
 
 
 class FakeBlob:
-    def __init__(self, data: bytes, *, known_size: bool, read_unit: int, faults: dict[int, bool]) -> None:
+    def __init__(self, data: bytes, *, known_size: bool, read_unit: int, faults: dict[int, bool],
+                 direct: bool = False) -> None:
         self.data = data
         self.known_size = known_size
         self.read_unit = read_unit
         self.faults = dict(faults)  # read call number -> transient?
         self.reads = 0
         self.closed = 0
+        # direct: a real file the instance thread reads chunks from itself (the core path's
+        # direct mode, pipelined batches included); None: chunks come through read_at
+        self.direct_fd: int | None = None
+        if direct:
+            f = tempfile.TemporaryFile()
+            f.write(data)
+            f.flush()
+            self.direct_fd = os.dup(f.fileno())
+            f.close()
 
     @property
     def size(self) -> int | None:
@@ -54,6 +66,9 @@ class FakeBlob:
 
     async def close(self) -> None:
         self.closed += 1
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
 
 
 @dataclass
@@ -65,6 +80,7 @@ class StreamPlan:
     pre_read: int = 0  # bytes the guest pulls with `read` before chunking
     false_at: int | None = None  # handle-chunk answers false at this chunk
     faults: dict[int, bool] = field(default_factory=dict)
+    direct: bool = False  # read by the instance thread from a file (needs known_size)
 
 
 @dataclass
@@ -97,6 +113,7 @@ class FakeClock:
 
 class FakeInstance(InstanceBase):
     kind = "fake"
+    direct_reads = True  # streams whose blob has a direct_fd are read by the instance thread
 
     def __init__(self, plan: Plan, services: RuntimeServices, *, max_chunk_size: int,
                  on_call: Any = None) -> None:
@@ -117,7 +134,8 @@ class FakeInstance(InstanceBase):
 
     def _invoke(self, args: list[str]) -> tuple[bool, str]:
         for cid, sp in enumerate(self.plan.streams):
-            blob = FakeBlob(sp.data, known_size=sp.known_size, read_unit=sp.read_unit, faults={})
+            blob = FakeBlob(sp.data, known_size=sp.known_size, read_unit=sp.read_unit, faults={},
+                            direct=sp.direct and sp.known_size)
             self.blobs.append(blob)
             handle = self._next_handle
             self._next_handle += 1
@@ -140,6 +158,12 @@ class FakeInstance(InstanceBase):
             raise Trap("injected trap in handle-chunk")
         self.seen.chunks.setdefault(correlation_id, []).append((current, total, bytes(data)))
         return self.plan.streams[correlation_id].false_at != current
+
+    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int, r: DirectRead) -> bool:
+        data = os.pread(r.fd, r.length, r.offset)
+        if len(data) != r.length:
+            raise SourceError(f"blob changed size: got {len(data)} bytes at offset {r.offset}, expected {r.length}")
+        return self._handle_chunk(handle, correlation_id, current, total, data)
 
     @property
     def has_events(self) -> bool:

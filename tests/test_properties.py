@@ -43,6 +43,7 @@ def stream_plans(draw: st.DrawFn) -> StreamPlan:
         pre_read=draw(st.integers(0, min(size, MAX_CHUNK))),
         false_at=draw(st.one_of(st.none(), st.integers(0, 12))),
         faults=draw(st.dictionaries(st.integers(0, 12), st.booleans(), max_size=3)),
+        direct=draw(st.booleans()),  # known size only: read by the instance thread, batches pipelined
     )
 
 
