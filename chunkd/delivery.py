@@ -7,7 +7,10 @@ hint (posix_fadvise WILLNEED over the next `prefetch_chunks` chunks).
 
 The producer reads ahead at most `prefetch_chunks` chunks (or one coalesced
 read unit of a remote source, cut to fit the budget) into a queue; the job's
-StreamSet (streamset.py) takes them round-robin and calls handle-chunk.
+StreamSet (streamset.py) takes them round-robin and calls handle-chunk. A
+chunk handed to the instance thread is no longer read-ahead: its slot goes
+back then, so the next read overlaps the guest's call, while its budget bytes
+stay held until the call is over.
 
 Every byte a Delivery takes from the shared BufferBudget is counted in its own
 ledger (`held`): a chunk gives back its share when it is delivered or
@@ -41,6 +44,7 @@ class Chunk:
     data: bytes | DirectRead  # DirectRead: read by the instance thread (direct mode)
     reserved: int  # budget bytes this chunk gives back when delivered or dropped
     unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
+    slot_freed: bool = False  # its read-ahead slot went back when it was handed to the instance
 
     @property
     def length(self) -> int:
@@ -207,12 +211,21 @@ class Delivery:
         self.stats.chunks += 1
         self.stats.bytes += chunk.length
 
+    def handed(self, chunk: Chunk) -> None:
+        """A chunk left the queue for the instance thread: it is no longer read-ahead, so
+        its slot goes back now and the producer reads the next unit while the guest works
+        (its budget bytes stay held until it is delivered or dropped)."""
+        if self.direct_fd is None and chunk.unit_end and not chunk.slot_freed:
+            chunk.slot_freed = True
+            self._slots.release()
+
     def dropped(self, chunk: Chunk) -> None:
-        """A chunk leaves the queue (delivered or not): its room goes back."""
+        """A chunk is done with (delivered or not): its room goes back."""
         if self.direct_fd is not None:
             return
         self._give(chunk.reserved)
-        if chunk.unit_end:
+        if chunk.unit_end and not chunk.slot_freed:
+            chunk.slot_freed = True
             self._slots.release()
 
     def is_last(self, chunk: Chunk) -> bool:

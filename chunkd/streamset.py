@@ -240,6 +240,7 @@ class StreamSet:
                     await self._end(d, head.end, tell_guest=True)
                     break
                 d.queue.popleft()
+                d.handed(head)
                 item = head
             ready.popleft()
             d.in_ready = False
