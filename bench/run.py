@@ -4,6 +4,8 @@
   stock      wasmtime-py's own component call with a list<u8> argument
   component  chunkd's component path end to end (bench/guests/touch, componentize-py)
   core       chunkd's core-module fast path end to end (tests/guests/core_probe, C)
+  core_receive  the same, the guest only receiving the bytes (no pass over them): the data
+             path alone, as PERF-BASELINE's minimal guests measured it
   extism     the peer: read each chunk, pass it to an Extism plugin (bench/guests/extism_touch,
              WAT) with the Extism Python SDK, as a Python user would without chunkd
 each guest touches every byte; chunk sizes 64 KiB, 1 MiB, 4 MiB. Plus: the C-API
@@ -59,8 +61,8 @@ GUEST = {"component": str(ROOT / "build" / "guests" / "touch.wasm"),
          "core": str(ROOT / "build" / "guests" / "core_probe.wasm")}
 
 
-def job_args(kind: str, name: str, chunk: int) -> list[str]:
-    return ["local", name, str(chunk)] if kind == "component" else ["local", name, str(chunk), "1", "-1", "quiet"]
+def job_args(kind: str, name: str, chunk: int, mode: str = "quiet") -> list[str]:
+    return ["local", name, str(chunk)] if kind == "component" else ["local", name, str(chunk), "1", "-1", mode]
 
 
 def extism_read(path: Path, chunk: int) -> float:
@@ -88,9 +90,9 @@ def raw_read(path: Path, chunk: int) -> float:
     return mbps(size, time.perf_counter() - t)
 
 
-async def chunkd_path(rt: Runtime, kind: str, name: str, size: int, chunk: int) -> float:
+async def chunkd_path(rt: Runtime, kind: str, name: str, size: int, chunk: int, mode: str = "quiet") -> float:
     t = time.perf_counter()
-    job = await rt.run(kind, job_args(kind, name, chunk))
+    job = await rt.run(kind, job_args(kind, name, chunk, mode))
     dt = time.perf_counter() - t
     if job.state != "completed":
         raise RuntimeError(f"{kind} job failed: {job.error}")
@@ -213,10 +215,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
             core = max([await chunkd_path(rt, "core", "blob.bin", size, chunk) for _ in range(2)])
             cases.append({"path": "core", "chunk_size": chunk, "mb_per_s": round(core, 1)})
+            recv = max([await chunkd_path(rt, "core", "blob.bin", size, chunk, "receive") for _ in range(2)])
             peer = max(extism_read(folder / "blob.bin", chunk) for _ in range(2))
             cases.append({"path": "extism", "chunk_size": chunk, "mb_per_s": round(peer, 1)})
-            print(f"  {chunk:>8} B: raw {cases[-5]['mb_per_s']} stock {cases[-4]['mb_per_s']} ceiling {ceil:.1f} "
-                  f"component {comp:.1f} core {core:.1f} extism {peer:.1f} MB/s", file=sys.stderr)
+            cases.append({"path": "core_receive", "chunk_size": chunk, "mb_per_s": round(recv, 1)})
+            print(f"  {chunk:>8} B: raw {cases[-6]['mb_per_s']} stock {cases[-5]['mb_per_s']} ceiling {ceil:.1f} "
+                  f"component {comp:.1f} core {core:.1f} (receive-only {recv:.1f}) extism {peer:.1f} MB/s",
+                  file=sys.stderr)
 
     finally:
         await rt.close()
@@ -271,6 +276,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "core_vs_raw_pct": {str(c["chunk_size"]): round(c["mb_per_s"] / next(
             e["mb_per_s"] for e in cases if e["path"] == "raw" and e["chunk_size"] == c["chunk_size"]) * 100, 1)
             for c in cases if c["path"] == "core"},
+        "core_receive_vs_raw_pct": {str(c["chunk_size"]): round(c["mb_per_s"] / next(
+            e["mb_per_s"] for e in cases if e["path"] == "raw" and e["chunk_size"] == c["chunk_size"]) * 100, 1)
+            for c in cases if c["path"] == "core_receive"},
         "notes": notes,
     }
     print_table(result)
@@ -279,10 +287,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     raw = {c["chunk_size"]: c["mb_per_s"] for c in r["cases"] if c["path"] == "raw"}
-    print(f"\nchunkd data paths, {r['blob_bytes'] // MiB} MiB blob from page cache, guests touch every byte")
-    print(f"{'path':<12}{'chunk':>10}{'MB/s':>12}{'x raw':>9}")
+    print(f"\nchunkd data paths, {r['blob_bytes'] // MiB} MiB blob from page cache, guests touch every byte "
+          "(but core_receive's)")
+    print(f"{'path':<14}{'chunk':>10}{'MB/s':>12}{'x raw':>9}")
     for c in r["cases"]:
-        print(f"{c['path']:<12}{c['chunk_size']:>10}{c['mb_per_s']:>12.1f}{c['mb_per_s'] / raw[c['chunk_size']]:>9.3f}")
+        print(f"{c['path']:<14}{c['chunk_size']:>10}{c['mb_per_s']:>12.1f}{c['mb_per_s'] / raw[c['chunk_size']]:>9.3f}")
+    for k, pct in r["core_vs_raw_pct"].items():
+        print(f"core path vs raw {k:>8}: {pct:5.1f}% (guest touches every byte); "
+              f"receive-only guest {r['core_receive_vs_raw_pct'][k]:5.1f}%")
     for k, ratio in r["core_vs_extism"].items():
         print(f"core path vs Extism {k:>8}: {ratio:.2f}x")
     for k, v in r["c_api_ceiling_mb_per_s"].items():

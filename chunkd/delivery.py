@@ -1,9 +1,11 @@
 """One chunked read: its producer, its queue of read-ahead chunks, its budget ledger.
 
 Direct mode (a `file` blob going to a core-module guest): there is no producer
-and no buffered byte. Each chunk is a DirectRead that the instance thread
-reads from the file straight into guest memory; read-ahead becomes a kernel
-hint (posix_fadvise WILLNEED over the next `prefetch_chunks` chunks).
+and no buffered byte. The delivery loop takes a stream's share of a batch as
+one DirectRun of consecutive chunks, which the instance thread reads from the
+file straight into guest memory, chunk by chunk; read-ahead becomes a kernel
+hint (posix_fadvise WILLNEED over the run and the `prefetch_chunks` chunks
+after it).
 
 The producer reads ahead at most `prefetch_chunks` chunks (or one coalesced
 read unit of a remote source, cut to fit the budget) into a queue; the job's
@@ -29,7 +31,7 @@ import structlog
 
 from chunkd.errors import SourceError
 from chunkd.host import values
-from chunkd.host.instance import DirectRead
+from chunkd.host.instance import DirectRun
 from chunkd.scheduler import BufferBudget, read_with_retry
 
 if TYPE_CHECKING:
@@ -41,15 +43,16 @@ log = structlog.get_logger("chunkd.delivery")
 @dataclass(slots=True)
 class Chunk:
     index: int
-    data: bytes | DirectRead  # DirectRead: read by the instance thread (direct mode)
+    data: bytes | DirectRun  # DirectRun: `count` chunks read by the instance thread (direct mode)
     reserved: int  # budget bytes this chunk gives back when delivered or dropped
     unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
     slot_freed: bool = False  # its read-ahead slot went back when it was handed to the instance
+    count: int = 1  # chunks in it: more than one only for a DirectRun
 
     @property
     def length(self) -> int:
         d = self.data
-        return d.length if isinstance(d, DirectRead) else len(d)
+        return d.length if isinstance(d, DirectRun) else len(d)
 
 
 @dataclass(slots=True)
@@ -119,17 +122,18 @@ class Delivery:
             return self.outcome is None and self._next < self.total_chunks
         return bool(self.queue)
 
-    def take_direct(self) -> Chunk:
-        """Direct mode: the next chunk, as a DirectRead for the instance thread."""
-        assert self.direct_fd is not None
+    def take_direct(self, max_chunks: int, max_bytes: int) -> Chunk:
+        """Direct mode: the next chunks, as many as both limits allow (at least one), as
+        one DirectRun for the instance thread."""
+        assert self.direct_fd is not None and self.size is not None
         i = self._next
-        self._next += 1
-        offset = self.start + i * self.chunk_size
-        assert self.size is not None
-        length = max(0, min(self.chunk_size, self.size - offset))
-        # hint the next window once per window, not once per chunk
-        advise = self._prefetch * self.chunk_size if i % self._prefetch == 0 else 0
-        return Chunk(i, DirectRead(self.direct_fd, offset, length, advise), 0)
+        cs = self.chunk_size
+        k = max(1, min(max_chunks, self.total_chunks - i, max_bytes // cs))
+        self._next += k
+        offset = self.start + i * cs
+        last = max(0, min(cs, self.size - (offset + (k - 1) * cs)))
+        run = DirectRun(self.direct_fd, offset, cs, k, last, self._prefetch * cs)
+        return Chunk(i, run, 0, count=k)
 
     @property
     def name(self) -> str:
@@ -211,6 +215,11 @@ class Delivery:
         self.stats.chunks += 1
         self.stats.bytes += chunk.length
 
+    def consumed_direct(self, chunks: int, nbytes: int) -> None:
+        """Direct mode: `chunks` chunks of a run were delivered (nothing to give back)."""
+        self.stats.chunks += chunks
+        self.stats.bytes += nbytes
+
     def handed(self, chunk: Chunk) -> None:
         """A chunk left the queue for the instance thread: it is no longer read-ahead, so
         its slot goes back now and the producer reads the next unit while the guest works
@@ -231,7 +240,7 @@ class Delivery:
     def is_last(self, chunk: Chunk) -> bool:
         if self.size is None:
             return not chunk.data
-        return chunk.index == self.total_chunks - 1
+        return chunk.index + chunk.count == self.total_chunks
 
     def stop(self) -> None:
         """Stop reading and give back every byte this stream holds. Synchronous, so no

@@ -18,8 +18,9 @@ import structlog
 from chunkd.delivery import Chunk, Delivery, End
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import Answer, HandleCall
+from chunkd.host.instance import BatchResult, DirectRun, HandleCall
 from chunkd.jobs import JobState
+from chunkd.metrics import observe_many
 from chunkd.scheduler import BufferBudget, Pacer
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ log = structlog.get_logger("chunkd.streamset")
 BATCH_CHUNKS = 64  # handle-chunk calls per trip to the instance thread
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_INVOKE_RESULT = 64 * 1024  # characters of an invoke result kept in the job record
-BatchResult = tuple[list[Answer], list[float], GuestTrap | None]
 
 
 class StreamAccounting(Protocol):
@@ -212,21 +212,26 @@ class StreamSet:
                         task.exception()  # seen: its result is not accounted for
 
     async def _take_batch(self, paced: bool, direct_only: bool) -> list[tuple[Delivery, Chunk]]:
-        """The next batch from the ready streams, round-robin. `direct_only`: stop at the
-        first stream that is not read directly (only direct batches are pipelined)."""
+        """The next batch from the ready streams, round-robin. A stream read directly gives
+        its share of the batch as one run of consecutive chunks (the batch's chunks over
+        the streams ready when it starts), so the loop's work per batch is O(streams).
+        `direct_only`: stop at the first stream that is not read directly (only direct
+        batches are pipelined)."""
         job = self.job
         batch: list[tuple[Delivery, Chunk]] = []
         nbytes = 0
+        nchunks = 0
         limit = 1 if paced else BATCH_CHUNKS
         ready = job.ready_streams
-        while ready and len(batch) < limit and nbytes < BATCH_BYTES:
+        share = max(1, limit // max(1, len(ready)))
+        while ready and nchunks < limit and nbytes < BATCH_BYTES:
             d = ready[0]
             if d.outcome is not None or not d.has_next():
                 ready.popleft()
                 d.in_ready = False
                 continue
             if d.direct_fd is not None:
-                item = d.take_direct()
+                item = d.take_direct(min(share, limit - nchunks), BATCH_BYTES - nbytes)
             else:
                 if direct_only:
                     break
@@ -248,6 +253,7 @@ class StreamSet:
                 job.mark_ready(d)
             batch.append((d, item))
             nbytes += item.length
+            nchunks += item.count
         return batch
 
     async def _send(self, batch: list[tuple[Delivery, Chunk]], fresh: bool) -> BatchResult:
@@ -261,7 +267,7 @@ class StreamSet:
     async def _account(self, batch: list[tuple[Delivery, Chunk]],
                        sent: "asyncio.Task[BatchResult] | Coroutine[Any, Any, BatchResult]") -> None:
         try:
-            answers, seconds, error = await sent
+            answers, made, seconds, error = await sent
         except BaseException:
             for d, c in batch:  # not delivered (cancelled mid-trip): give the room back
                 d.dropped(c)
@@ -269,24 +275,30 @@ class StreamSet:
         m_seconds, m_chunks, m_bytes = self.settings.meters
         ends: list[tuple[Delivery, values.StreamEnd]] = []
         # account for every chunk of the batch first: an end told to the guest may trap
-        padded_answers: list[Answer] = answers + [None] * (len(batch) - len(answers))
-        padded_seconds = seconds + [0.0] * (len(batch) - len(seconds))
+        pad = len(batch) - len(answers)
         delivered = nbytes = 0
-        for (d, c), more, took in zip(batch, padded_answers, padded_seconds, strict=True):
-            if more is None:  # not delivered: the stream ended earlier, or the guest trapped
+        for (d, c), more, n, took in zip(batch, answers + [None] * pad, made + [0] * pad, seconds + [0.0] * pad,
+                                         strict=True):
+            if type(c.data) is DirectRun:  # a run: its first n chunks were delivered
+                if n:
+                    got = c.data.made_bytes(n)
+                    d.consumed_direct(n, got)
+                    observe_many(m_seconds, took, n)
+                    delivered += n
+                    nbytes += got
+            elif more is None:  # not delivered: the stream ended earlier, or the guest trapped
                 d.dropped(c)
                 continue
+            else:
+                d.consumed(c)
+                m_seconds.observe(took)
+                delivered += 1
+                nbytes += c.length
             if isinstance(more, SourceError):  # a direct read failed: the guest was not called
-                d.dropped(c)
                 ends.append((d, values.failed(str(more))))
-                continue
-            d.consumed(c)
-            m_seconds.observe(took)
-            delivered += 1
-            nbytes += c.length
-            if not more:
+            elif more is False:
                 ends.append((d, values.CANCELLED))
-            elif d.is_last(c):
+            elif more is True and d.is_last(c):
                 ends.append((d, values.COMPLETED))
         m_chunks.inc(delivered)
         m_bytes.inc(nbytes)

@@ -272,3 +272,29 @@ async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: P
     assert log[-1] == f"ended 4 1 {fnv(data[:1000 * (stop_at + 1)])}"  # 1 = cancelled
     assert job.deliveries[0].stats.chunks == stop_at + 1
     assert str(job.deliveries[0].outcome) == "cancelled"
+
+
+async def test_a_handle_chunk_of_the_wrong_type_fails_the_job_clearly(
+        harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native batch calls the guest through wasmtime_func_call_unchecked only when the
+    exports' types are exactly the canonical ABI's; a wrong one goes through the checked
+    call, which fails the job with an error instead of undefined behaviour."""
+    from chunkd.host import core
+    verdicts: list[bool] = []
+    real = core.CoreInstance._exports_typed_exactly
+
+    def recording(self: Any) -> bool:
+        verdicts.append(real(self))
+        return verdicts[-1]
+
+    monkeypatch.setattr(core.CoreInstance, "_exports_typed_exactly", recording)
+    make_blob(blobs, "a.bin", 5000)
+    async with harness(components={**CORE, "wrong": {"path": str(WAT / "core-handle-wrong-type.wat")}}) as h:
+        job = await h.run("wrong", [])
+        assert job.state == FAILED
+        assert "type" in (job.error or "").lower(), job.error
+        assert job.deliveries[0].stats.chunks == 0
+        assert verdicts == [False]
+        ok = await h.run("core", ["local", "a.bin", "1000", "1", "-1", "quiet"])  # the daemon goes on
+        assert ok.state == COMPLETED and ok.deliveries[0].stats.chunks == 5
+        assert verdicts == [False, True]  # core_probe's exports are exact: the fast call is used

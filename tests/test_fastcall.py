@@ -37,3 +37,32 @@ def test_allocator_tuning_is_applied() -> None:
 def test_the_kept_list_covers_every_allowed_chunk() -> None:
     assert fastcall.cache_limit_for(4 * 1024 * 1024) == 32 * 4 * 1024 * 1024
     assert fastcall.cache_limit_for(1024) == fastcall.CACHE_LIMIT_BYTES
+
+
+@pytest.mark.parametrize("overlap", [fastcall.OVERLAP_LIMIT_BYTES, 32 * 1500])
+async def test_lists_filled_during_the_previous_call_deliver_exact_bytes(
+        harness, blobs: Path, monkeypatch: pytest.MonkeyPatch, overlap: int) -> None:
+    """The next chunk of a batch is written into the spare list on a helper thread while
+    the current call runs; with a small overlap limit only the small chunks are."""
+    seen = {"prefills": 0}
+    real = fastcall.PreparedHandleChunk.prefill
+
+    def counting(self: fastcall.PreparedHandleChunk, data: bytes) -> None:
+        seen["prefills"] += 1
+        real(self, data)
+
+    monkeypatch.setattr(fastcall.PreparedHandleChunk, "prefill", counting)
+    monkeypatch.setattr(fastcall, "OVERLAP_LIMIT_BYTES", overlap)
+    monkeypatch.setattr(fastcall.PreparedHandleChunk.__init__, "__defaults__",
+                        (fastcall.CACHE_LIMIT_BYTES, overlap))
+    a = make_blob(blobs, "a.bin", 300_001, seed=4)
+    b = make_blob(blobs, "b.bin", 100_000, seed=5)
+    c = make_blob(blobs, "c.bin", 40_000, seed=6)
+    async with harness() as h:
+        job = await h.run("probe", ["open a local a.bin", "start a 1000 1", "open b local b.bin", "start b 4000 2",
+                                    "stop 3 17", "open c local c.bin", "start c 999 3"])
+    lines = h.out(job)
+    for cid, data in ((1, a), (2, b)):
+        assert ended(lines, cid) == [f"ended {cid} completed {hashlib.sha256(data).hexdigest()}"]
+    assert [line.split()[:3] for line in ended(lines, 3)] == [["ended", "3", "cancelled"]]
+    assert seen["prefills"] > 0

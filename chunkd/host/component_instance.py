@@ -5,14 +5,17 @@ The chunk bytes cross as `list<u8>` through a prepared C-API call
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+import structlog
 
 from wasmtime import Store, WasiConfig
 from wasmtime.component import Func, Linker, ResourceHost, ResourceType
 
 from chunkd.host import fastcall, values
 from chunkd.host.fastcall import PreparedHandleChunk
-from chunkd.host.instance import InstanceBase, _LineBuffer
+from chunkd.host.instance import BatchResult, HandleCall, InstanceBase, _LineBuffer
 from chunkd.host.wit import (
     BLOBS_IFACE,
     EVENTS_IFACE,
@@ -22,6 +25,8 @@ from chunkd.host.wit import (
 )
 
 STREAM_RESOURCE_ID = 1
+
+log = structlog.get_logger("chunkd.instance")
 
 
 def _wit(v: Any) -> Any:
@@ -37,10 +42,17 @@ class ComponentInstance(InstanceBase):
         super().__init__(*args, **kw)
         self._funcs: dict[str, Func] = {}
         self._prepared: PreparedHandleChunk | None = None
+        self._filler: ThreadPoolExecutor | None = None  # fills the next chunk's list during a call
+        self._fill: Future[None] | None = None
+        self._after: dict[int, bytes] = {}  # id(chunk) -> the next chunk of the batch
         self._stdout = _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line))
         self._stderr = _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))
 
     def _drop_store(self) -> None:
+        self._settle_fill()
+        if self._filler is not None:
+            self._filler.shutdown(wait=True)
+            self._filler = None
         if self._prepared is not None:
             self._prepared.close()
             self._prepared = None
@@ -113,7 +125,37 @@ class ComponentInstance(InstanceBase):
             # the list storage is kept up to the largest chunk this daemon allows
             self._prepared = PreparedHandleChunk(self._funcs["handle-chunk"], self._store, STREAM_RESOURCE_ID,
                                                  cache_limit=fastcall.cache_limit_for(self.max_chunk_size))
-        return self._prepared(handle, correlation_id, current, total, data)
+        prepared = self._prepared
+        nxt = self._after.get(id(data))
+        then = None
+        if nxt is not None and prepared.can_prefill(nxt):
+            def then() -> None:  # the call has its list: fill the other one meanwhile
+                if self._filler is None:
+                    self._filler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fill-{self.label}")
+                self._fill = self._filler.submit(prepared.prefill, nxt)
+        try:
+            return prepared(handle, correlation_id, current, total, data, then)
+        finally:
+            self._settle_fill()
+
+    def _settle_fill(self) -> None:
+        """Wait for the fill in flight: no list is touched by two threads."""
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            try:
+                fill.result()
+            except Exception as e:  # only a head start lost: that call fills its own list
+                log.warning("list_prefill_failed", instance=self.label, error=repr(e))
+
+    def _run_batch(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
+        """The base batch; each call lets a helper thread fill the next chunk's list."""
+        chunks = [c[4] for c in calls if type(c[4]) is bytes]
+        self._after = {id(a): b for a, b in zip(chunks, chunks[1:])}
+        try:
+            return super()._run_batch(calls, fresh)
+        finally:
+            self._after = {}
+            self._settle_fill()
 
     @property
     def has_events(self) -> bool:

@@ -29,7 +29,8 @@ from wasmtime._func import maybe_raise_last_exn
 
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import native, rawffi, values
-from chunkd.host.instance import Answer, DirectRead, HandleCall, InstanceBase, _LineBuffer, read_exactly_into
+from chunkd.host.instance import (Answer, BatchResult, DirectRead, DirectRun, HandleCall, InstanceBase, _LineBuffer,
+                                  read_exactly_into)
 from chunkd.host.wit import (
     BLOBS_IFACE,
     CORE_HOST_FUNCS,
@@ -127,6 +128,7 @@ class CoreInstance(InstanceBase):
         self._memview: memoryview | None = None
         self._mem_args: tuple[Any, Any] | None = None
         self._realloc: RawFunc | None = None
+        self._unchecked: bool | None = None  # the batch's guest calls may skip type checks
         self._out = {1: _LineBuffer(lambda line: self.services.guest_output(self, "stdout", line)),
                      2: _LineBuffer(lambda line: self.services.guest_output(self, "stderr", line))}
 
@@ -134,6 +136,7 @@ class CoreInstance(InstanceBase):
         self._memview = None
         self._mem_args = None
         self._handle = self._handle_post = self._realloc = None
+        self._unchecked = None
         self._exports.clear()
         self._mem = None
         self._store = None
@@ -325,26 +328,27 @@ class CoreInstance(InstanceBase):
             self._give_back_host_time(t0)  # a slow read is host time, not the guest's
         return self._call_handle(handle, correlation_id, current, total, p, n)
 
-    def _run_batch(self, calls: list[HandleCall],
-                   fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
+    def _run_batch(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
         lib = native.NATIVE
-        if lib is None or not calls or any(type(c[4]) is not DirectRead for c in calls):
+        if lib is None or not calls or any(type(c[4]) is not DirectRun for c in calls):
             return super()._run_batch(calls, fresh)
         return self._run_batch_native(lib, calls, fresh)
 
     def _run_batch_native(self, lib: native.DirectBatch, calls: list[HandleCall],
-                          fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
+                          fresh: bool = True) -> BatchResult:
         """The same batch as InstanceBase._run_batch, run by direct_batch.c: one ctypes call
-        (GIL released) for every chunk of the batch. Answers and errors mean the same."""
+        (GIL released) for every chunk of every run of the batch, and Python work per run,
+        not per chunk. Answers and errors mean the same."""
         n = len(calls)
-        arr = (native.Call * n)()
+        arr = (native.Run * n)()
         if fresh:
             self._stopped_handles.clear()
         gone = self._stopped_handles
         for c, (handle, cid, current, total, data) in zip(arr, calls):
-            assert type(data) is DirectRead
-            c.handle, c.fd, c.cid, c.cur, c.total = handle | BORROW_BIT, data.fd, _s64(cid), _s64(current), _s64(total)
-            c.offset, c.length, c.advise = data.offset, data.length, data.advise
+            assert type(data) is DirectRun
+            c.handle, c.fd, c.cid, c.first, c.total = handle | BORROW_BIT, data.fd, _s64(cid), _s64(current), _s64(total)
+            c.offset, c.chunk_size, c.count = data.offset, data.chunk_size, data.count
+            c.last_length, c.advise = data.last_length, data.advise
             if handle in gone:  # a batch before this one stopped the stream
                 c.status = native.SKIPPED
         if self._realloc is None:
@@ -353,6 +357,9 @@ class CoreInstance(InstanceBase):
             self._handle = self._export(EXPORT_HANDLE)
             self._handle_post = self._exports.get(f"cabi_post_{EXPORT_HANDLE}")
         assert self._mem is not None
+        if self._unchecked is None:
+            self._unchecked = self._exports_typed_exactly()
+        unchecked = 1 if self._unchecked else 0
         trap = ctypes.c_void_p()
         err = ctypes.c_void_p()
         reached = [0]
@@ -366,7 +373,7 @@ class CoreInstance(InstanceBase):
                                  ctypes.addressof(self._mem._memory), arr, n,  # type: ignore[union-attr]
                                  self.call_timeout_ticks, ctypes.addressof(self._halt),
                                  ctypes.addressof(self.clock._ticks), ctypes.addressof(self._call_clock),
-                                 ctypes.addressof(trap), ctypes.addressof(err))
+                                 ctypes.addressof(trap), ctypes.addressof(err), unchecked)
             if trap.value:
                 t = Trap._from_ptr(ctypes.cast(trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
                 maybe_raise_last_exn()
@@ -377,7 +384,7 @@ class CoreInstance(InstanceBase):
                 raise e
             last = arr[reached[0] - 1] if reached[0] else None
             if last is not None and last.status == native.BAD_POINTER:
-                raise AbiViolation(f"guest pointer {last.detail}+{last.length} is outside its memory")
+                raise AbiViolation(f"guest pointer {last.detail}+{last.at} is outside its memory")
 
         stop: GuestTrap | None = None
         try:
@@ -385,25 +392,47 @@ class CoreInstance(InstanceBase):
         except GuestTrap as e:
             stop = e
         answers: list[Answer] = []
+        made: list[int] = []
         seconds: list[float] = []
         for c, call in zip(arr[:reached[0]], calls):
-            if (c.status == native.ANSWERED and not c.answer) or c.status in (native.SHORT_READ, native.READ_ERROR):
-                gone.add(call[0])
-            if c.status == native.ANSWERED:
+            status = c.status
+            if status == native.ANSWERED:
                 answers.append(bool(c.answer))
-            elif c.status == native.SKIPPED:
+                if not c.answer:
+                    gone.add(call[0])
+            elif status == native.SHORT_READ:
+                answers.append(SourceError(f"blob changed size: got {c.detail} bytes at offset {c.at}, "
+                                           f"expected {c.chunk_size if c.made < c.count - 1 else c.last_length}"))
+                gone.add(call[0])
+            elif status == native.READ_ERROR:
+                answers.append(SourceError(f"read failed at offset {c.at}: {os.strerror(c.detail)}"))
+                gone.add(call[0])
+            else:  # SKIPPED, HALTED, or the TRAPPED / BAD_POINTER run that stopped the batch
                 answers.append(None)
-            elif c.status == native.SHORT_READ:
-                answers.append(SourceError(f"blob changed size: got {c.detail} bytes at offset {c.offset}, "
-                                           f"expected {c.length}"))
-            elif c.status == native.READ_ERROR:
-                answers.append(SourceError(f"read failed at offset {c.offset}: {os.strerror(c.detail)}"))
-            else:  # TRAPPED or BAD_POINTER: the call that stopped the batch has no answer
-                break
-            seconds.append(c.seconds if c.status != native.SKIPPED else 0.0)
+            made.append(c.made)
+            seconds.append(c.seconds)
         if stop is None and reached[0] < n:
             stop = GuestTrap(f"handle-chunk stopped the batch in {self.label}")  # not reached: defensive
-        return answers, seconds, stop
+        return answers, made, seconds, stop
+
+    def _exports_typed_exactly(self) -> bool:
+        """The batch calls cabi_realloc, handle-chunk and its post-return through
+        wasmtime_func_call_unchecked (no per-call type check or value conversion) only
+        when their types are exactly the canonical ABI's; otherwise through the checked
+        call, which reports a mismatch as an error."""
+        want = {"cabi_realloc": (["i32"] * 4, ["i32"]),
+                EXPORT_HANDLE: (["i32", "i64", "i64", "i64", "i32", "i32"], ["i32"]),
+                f"cabi_post_{EXPORT_HANDLE}": (["i32"], [])}
+        for name, (params, results) in want.items():
+            f = self._exports.get(name)
+            if f is None:
+                if name.startswith("cabi_post_"):
+                    continue  # optional
+                return False
+            ty = f._func.type(self._st)
+            if [str(t) for t in ty.params] != params or [str(t) for t in ty.results] != results:
+                return False
+        return True
 
     def _call_handle(self, handle: int, correlation_id: int, current: int, total: int, p: int, n: int) -> bool:
         if self._handle is None:

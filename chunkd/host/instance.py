@@ -57,11 +57,47 @@ class DirectRead:
     advise: int = 0
 
 
-ChunkData = bytes | DirectRead
-# (handle, correlation-id, current-chunk, total-chunks, data); an answer is the guest's
-# bool, None when the call was skipped, or the SourceError a direct read raised
+@dataclass(frozen=True, slots=True)
+class DirectRun:
+    """`count` consecutive chunks of one stream that the instance thread reads itself
+    (DirectRead each), one handle-chunk call per chunk, back to back: the delivery
+    loop hands a stream's share of a batch over as one item, so its work per batch is
+    O(streams), not O(chunks). Chunks are `chunk_size` long from `offset` on, but the
+    last, which is `last_length` long (the blob's end; 0 for an empty blob). The run
+    and the `advise` bytes after it are hinted to the kernel (posix_fadvise WILLNEED)."""
+
+    fd: int
+    offset: int
+    chunk_size: int
+    count: int
+    last_length: int
+    advise: int = 0
+
+    @property
+    def length(self) -> int:
+        return (self.count - 1) * self.chunk_size + self.last_length
+
+    def made_bytes(self, made: int) -> int:
+        """Bytes in the run's first `made` chunks."""
+        return self.length if made >= self.count else made * self.chunk_size
+
+    def reads(self) -> list[DirectRead]:
+        c = self.chunk_size
+        return [DirectRead(self.fd, self.offset + j * c, c if j < self.count - 1 else self.last_length)
+                for j in range(self.count)]
+
+
+ChunkData = bytes | DirectRun
+# (handle, correlation-id, current-chunk, total-chunks, data): current-chunk is a run's
+# first chunk.
 HandleCall = tuple[int, int, int, int, ChunkData]
+# Per item of a batch: the answer is the guest's bool (a run's: its last call's, every
+# call before it having said true), None when nothing more was delivered (skipped, the
+# batch halted, or the guest trapped in it), or the SourceError a direct read raised
+# (the guest was not called for that chunk). `made` counts the item's handle-chunk
+# calls that returned, and `seconds` their total duration.
 Answer = bool | SourceError | None
+BatchResult = tuple[list[Answer], list[int], list[float], GuestTrap | None]
 
 
 def read_exactly_into(fd: int, view: memoryview, offset: int) -> int:
@@ -277,14 +313,15 @@ class InstanceBase:
     async def invoke(self, args: list[str]) -> tuple[bool, str]:
         return await self._on_thread(self._guarded, "invoke", self._invoke, args)
 
-    async def handle_chunks(self, calls: list[HandleCall],
-                            fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
-        """Several handle-chunk calls in one trip to the instance thread, in order.
+    async def handle_chunks(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
+        """Several handle-chunk calls in one trip to the instance thread, in order: a
+        bytes item is one call, a DirectRun one call per chunk.
 
-        Returns one answer per call made (None: skipped, because an earlier call of the
-        batch, or of a batch before it, ended that stream; a SourceError: a direct read
-        failed, so the guest was not called), each call's duration, and the trap that
-        stopped the batch, if any (later calls are not made).
+        Returns, per item reached, its answer, its calls made and their seconds (see
+        Answer), and the trap that stopped the batch, if any (later calls are not made;
+        the item it stopped in is the last one returned, with the calls made before it).
+        An item whose stream an earlier call of the batch, or of a batch before it,
+        ended is skipped.
 
         `fresh`: no other batch of this job is queued before this one, so the streams
         earlier batches stopped are forgotten. A batch sent while another is still on
@@ -292,9 +329,9 @@ class InstanceBase:
         stream reaches the guest after the stream answered false or failed."""
         return await self._on_thread(self._run_batch, calls, fresh)
 
-    def _run_batch(self, calls: list[HandleCall],
-                   fresh: bool = True) -> tuple[list[Answer], list[float], GuestTrap | None]:
+    def _run_batch(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
         answers: list[Answer] = []
+        made: list[int] = []
         seconds: list[float] = []
         if fresh:
             self._stopped_handles.clear()
@@ -303,34 +340,52 @@ class InstanceBase:
         for handle, cid, current, total, data in calls:
             if handle in stopped or self.halt:
                 answers.append(None)
+                made.append(0)
                 seconds.append(0.0)
                 continue
             t0 = clock()
-            try:
-                if type(data) is DirectRead:
-                    if data.advise:
-                        _advise(data.fd, data.offset + data.length, data.advise)
-                    more = self._guarded("handle-chunk", self._handle_direct, handle, cid, current, total, data)
-                else:
+            if type(data) is not DirectRun:
+                try:
                     more = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, data)
-            except GuestTrap as e:
-                return answers, seconds, e
-            except SourceError as e:
-                answers.append(e)
+                except GuestTrap as e:
+                    return answers, made, seconds, e
+                answers.append(more)
+                made.append(1)
                 seconds.append(clock() - t0)
-                stopped.add(handle)
+                if not more:
+                    stopped.add(handle)
                 continue
-            except OSError as e:
-                answers.append(SourceError(f"read failed at offset {getattr(data, 'offset', '?')}: "
-                                           f"{e.strerror or e}"))
-                seconds.append(clock() - t0)
-                stopped.add(handle)
-                continue
+            answer: Answer = None
+            n = 0
+            trap: GuestTrap | None = None
+            if data.length + data.advise > 0:
+                _advise(data.fd, data.offset, data.length + data.advise)
+            for j, r in enumerate(data.reads()):
+                if self.halt:
+                    answer = None
+                    break
+                try:
+                    answer = self._guarded("handle-chunk", self._handle_direct, handle, cid, current + j, total, r)
+                except GuestTrap as e:
+                    trap, answer = e, None
+                    break
+                except SourceError as e:
+                    answer = e
+                    break
+                except OSError as e:
+                    answer = SourceError(f"read failed at offset {r.offset}: {e.strerror or e}")
+                    break
+                n += 1
+                if not answer:
+                    break
+            answers.append(answer)
+            made.append(n)
             seconds.append(clock() - t0)
-            answers.append(more)
-            if not more:
+            if trap is not None:
+                return answers, made, seconds, trap
+            if answer is False or isinstance(answer, SourceError):
                 stopped.add(handle)
-        return answers, seconds, None
+        return answers, made, seconds, None
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:

@@ -7,6 +7,8 @@
  *        STOP_AT: handle-chunk answers false at that chunk (-1: never);
  *        MODE "log": log every chunk with an FNV-1a hash of the stream so far,
  *             "quiet": only touch every byte (benchmarks),
+ *             "receive": only receive the bytes, no pass over them (benchmarks: the data
+ *             path alone, as PERF-BASELINE's minimal guests measured it),
  *             "trapat" / "loopat": log, and trap / loop forever at chunk STOP_AT
  *   ["read", CONTAINER, NAME, LEN]   pull LEN bytes, log "read N HASH" or the error
  *   ["again", CID, CHUNK]            start-chunking-read again on the last stream
@@ -100,6 +102,7 @@ static int64_t num(str_t a) {
 #define MAXS 4096
 static struct { int64_t cid; int64_t stop_at; uint32_t hash; int used; } st[MAXS];
 static int quiet = 0;
+static int touch = 1;  /* quiet mode: pass over every byte ("receive": no) */
 static int64_t trap_at = -1, loop_at = -1;
 static int32_t last_handle = -1;
 static uint64_t touched = 0;
@@ -156,6 +159,7 @@ void *invoke(str_t *args, size_t n) {
   }
   if (n == 5 && eq(args[0], "many")) {  /* COUNT streams of one blob, quiet: scheduling benchmarks */
     quiet = 1;
+    touch = 1;
     int64_t count = num(args[4]);
     for (int64_t c = 0; c < count; c++) {
       blobs_open(args[1].ptr, args[1].len, args[2].ptr, args[2].len, ret);
@@ -176,7 +180,8 @@ void *invoke(str_t *args, size_t n) {
     return ret_ok("again");
   }
   if (n != 6) { inv_ret.disc = 1; inv_ret.s.ptr = "bad args"; inv_ret.s.len = 8; return &inv_ret; }
-  quiet = eq(args[5], "quiet");
+  quiet = eq(args[5], "quiet") || eq(args[5], "receive");
+  touch = !eq(args[5], "receive");
   trap_at = eq(args[5], "trapat") ? num(args[4]) : -1;
   loop_at = eq(args[5], "loopat") ? num(args[4]) : -1;
   blobs_open(args[0].ptr, args[0].len, args[1].ptr, args[1].len, ret);
@@ -205,7 +210,9 @@ int32_t handle_chunk(int32_t stream, int64_t cid, int64_t cur, int64_t total, co
   if (cur == trap_at) __builtin_trap();
   if (cur == loop_at) { volatile int x = 1; while (x) {} }
   int more = st[s].stop_at < 0 || cur < st[s].stop_at || trap_at >= 0 || loop_at >= 0;
-  if (quiet) {  /* touch every byte, 8 at a time (vectorized by the compiler) */
+  if (quiet && !touch) {
+    touched ^= len;  /* receive only */
+  } else if (quiet) {  /* touch every byte, 8 at a time (vectorized by the compiler) */
     uint64_t acc = 0; size_t i = 0;
     for (; i + 8 <= len; i += 8) acc ^= *(const uint64_t *)(data + i);
     for (; i < len; i++) acc ^= data[i];
