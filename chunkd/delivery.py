@@ -112,6 +112,7 @@ class Delivery:
         self.direct_fd = direct_fd if size is not None else None
         self._prefetch = max(prefetch, 1)
         self._next = 0  # direct mode: the next chunk to hand out
+        self._hinted = 0  # direct mode: the file is hinted (fadvise WILLNEED) up to here
 
     @property
     def direct(self) -> bool:
@@ -124,7 +125,11 @@ class Delivery:
 
     def take_direct(self, max_chunks: int, max_bytes: int) -> Chunk:
         """Direct mode: the next chunks, as many as both limits allow (at least one), as
-        one DirectRun for the instance thread."""
+        one DirectRun for the instance thread.
+
+        Read-ahead is a kernel hint over the run and the `prefetch_chunks` chunks after
+        it, issued once the part not yet hinted is a whole window (or the run itself is
+        not hinted yet): one posix_fadvise per `prefetch_chunks` chunks, not per run."""
         assert self.direct_fd is not None and self.size is not None
         i = self._next
         cs = self.chunk_size
@@ -132,7 +137,14 @@ class Delivery:
         self._next += k
         offset = self.start + i * cs
         last = max(0, min(cs, self.size - (offset + (k - 1) * cs)))
-        run = DirectRun(self.direct_fd, offset, cs, k, last, self._prefetch * cs)
+        end = offset + (k - 1) * cs + last
+        need = min(self.size, end + self._prefetch * cs)
+        hint_offset = hint_length = 0
+        if need > self._hinted and (self._hinted < end or need - self._hinted >= self._prefetch * cs):
+            hint_offset = max(self._hinted, offset)
+            hint_length = need - hint_offset
+            self._hinted = need
+        run = DirectRun(self.direct_fd, offset, cs, k, last, hint_offset, hint_length)
         return Chunk(i, run, 0, count=k)
 
     @property

@@ -302,8 +302,12 @@ class StreamSet:
                 ends.append((d, values.COMPLETED))
         m_chunks.inc(delivered)
         m_bytes.inc(nbytes)
-        for d, end in ends:
-            await self._end(d, end, tell_guest=error is None)
+        # the streams this batch ended: all closed first, then told in one trip
+        closed = [(d, end) for d, end in ends if self._close(d, end)]
+        for d, _ in closed:
+            await d.close_blob()
+        if error is None and closed and not self.inst.broken:
+            await self.inst.streams_ended([(d.correlation_id, end) for d, end in closed])
         if error is not None:
             raise error
 

@@ -182,11 +182,15 @@ class CoreInstance(InstanceBase):
     # --- linear memory ---------------------------------------------------------------
 
     def _span(self, ptr: int, n: int) -> int:
-        """The host address of guest bytes [ptr, ptr+n), bounds-checked."""
-        assert self._mem is not None and self._store is not None
-        if ptr < 0 or n < 0 or ptr + n > self._mem.data_len(self._st):
+        """The host address of guest bytes [ptr, ptr+n), bounds-checked (raw C calls: the
+        host functions a guest calls per blob check several pointers each)."""
+        assert self._mem is not None
+        if self._mem_args is None:
+            self._mem_args = (self._st._context(), ctypes.byref(self._mem._memory))
+        ctx, mref = self._mem_args
+        if ptr < 0 or n < 0 or ptr + n > rawffi.memory_data_size(ctx, mref):
             raise AbiViolation(f"guest pointer {ptr}+{n} is outside its memory")
-        return ctypes.addressof(self._mem.data_ptr(self._st).contents) + ptr
+        return int(rawffi.memory_data(ctx, mref) or 0) + ptr
 
     def _get(self, ptr: int, n: int) -> bytes:
         return ctypes.string_at(self._span(ptr, n), n) if n else b""
@@ -348,7 +352,7 @@ class CoreInstance(InstanceBase):
             assert type(data) is DirectRun
             c.handle, c.fd, c.cid, c.first, c.total = handle | BORROW_BIT, data.fd, _s64(cid), _s64(current), _s64(total)
             c.offset, c.chunk_size, c.count = data.offset, data.chunk_size, data.count
-            c.last_length, c.advise = data.last_length, data.advise
+            c.last_length, c.hint_offset, c.hint_length = data.last_length, data.hint_offset, data.hint_length
             if handle in gone:  # a batch before this one stopped the stream
                 c.status = native.SKIPPED
         if self._realloc is None:

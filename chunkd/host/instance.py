@@ -49,12 +49,11 @@ T = TypeVar("T")
 class DirectRead:
     """A chunk the instance thread reads itself, from `fd` at `offset`, straight into
     guest memory (the core path for `file` sources): no bytes object, no I/O-thread hop.
-    `advise` bytes after it are hinted to the kernel (posix_fadvise WILLNEED)."""
+    (One chunk of a DirectRun.)"""
 
     fd: int
     offset: int
     length: int
-    advise: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +62,17 @@ class DirectRun:
     (DirectRead each), one handle-chunk call per chunk, back to back: the delivery
     loop hands a stream's share of a batch over as one item, so its work per batch is
     O(streams), not O(chunks). Chunks are `chunk_size` long from `offset` on, but the
-    last, which is `last_length` long (the blob's end; 0 for an empty blob). The run
-    and the `advise` bytes after it are hinted to the kernel (posix_fadvise WILLNEED)."""
+    last, which is `last_length` long (the blob's end; 0 for an empty blob). Before the
+    run, `hint_length` bytes from `hint_offset` are hinted to the kernel (posix_fadvise
+    WILLNEED: the delivery's read-ahead, see Delivery.take_direct)."""
 
     fd: int
     offset: int
     chunk_size: int
     count: int
     last_length: int
-    advise: int = 0
+    hint_offset: int = 0
+    hint_length: int = 0
 
     @property
     def length(self) -> int:
@@ -358,8 +359,8 @@ class InstanceBase:
             answer: Answer = None
             n = 0
             trap: GuestTrap | None = None
-            if data.length + data.advise > 0:
-                _advise(data.fd, data.offset, data.length + data.advise)
+            if data.hint_length > 0:
+                _advise(data.fd, data.hint_offset, data.hint_length)
             for j, r in enumerate(data.reads()):
                 if self.halt:
                     answer = None
@@ -390,6 +391,18 @@ class InstanceBase:
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:
             await self._on_thread(self._guarded, "stream-ended", self._stream_ended, correlation_id, end)
+
+    async def streams_ended(self, ends: list[tuple[int, values.StreamEnd]]) -> None:
+        """stream-ended for several streams, in order, in one trip to the instance thread;
+        a trap stops the telling there (and is raised)."""
+        if ends and self.has_events and not self.broken:
+            await self._on_thread(self._tell_ended, ends)
+
+    def _tell_ended(self, ends: list[tuple[int, values.StreamEnd]]) -> None:
+        for correlation_id, end in ends:
+            if self.broken:
+                return
+            self._guarded("stream-ended", self._stream_ended, correlation_id, end)
 
     # --- call bookkeeping (instance thread) ---------------------------------------
 

@@ -36,7 +36,7 @@ class Run(ctypes.Structure):
     _fields_ = [("handle", ctypes.c_int32), ("fd", ctypes.c_int32), ("cid", ctypes.c_int64),
                 ("first", ctypes.c_int64), ("total", ctypes.c_int64), ("offset", ctypes.c_int64),
                 ("chunk_size", ctypes.c_int64), ("count", ctypes.c_int64), ("last_length", ctypes.c_int64),
-                ("advise", ctypes.c_int64), ("status", ctypes.c_int32), ("answer", ctypes.c_int32),
+                ("hint_offset", ctypes.c_int64), ("hint_length", ctypes.c_int64), ("status", ctypes.c_int32), ("answer", ctypes.c_int32),
                 ("made", ctypes.c_int64), ("detail", ctypes.c_int64), ("at", ctypes.c_int64),
                 ("seconds", ctypes.c_double)]
 

@@ -52,7 +52,8 @@ typedef struct {
   int32_t handle;  /* the borrow handle handed to handle-chunk */
   int32_t fd;
   int64_t cid, first, total;  /* correlation-id, the run's first chunk, total-chunks */
-  int64_t offset, chunk_size, count, last_length, advise;
+  int64_t offset, chunk_size, count, last_length;
+  int64_t hint_offset, hint_length;  /* posix_fadvise(WILLNEED) over this range first (length 0: none) */
   int32_t status;  /* 0 not reached, 1 answered, 2 skipped, 3 short read, 4 read error, 5 bad pointer,
                       6 trapped, 7 halted */
   int32_t answer;  /* the last call's bool (answered: the run's calls before it said true) */
@@ -165,8 +166,7 @@ int64_t chunkd_run_direct(const api_t *api, void *ctx, const void *realloc_f, co
     if (*halt) { r->status = HALTED; continue; }
     if (stops && stopped(runs, i)) { r->status = SKIPPED; continue; }
     double t0 = now();
-    int64_t run_length = (r->count - 1) * r->chunk_size + r->last_length;
-    if (run_length + r->advise > 0) posix_fadvise(r->fd, r->offset, run_length + r->advise, POSIX_FADV_WILLNEED);
+    if (r->hint_length > 0) posix_fadvise(r->fd, r->hint_offset, r->hint_length, POSIX_FADV_WILLNEED);
     r->status = ANSWERED;
     r->answer = 1;
     for (int64_t j = 0; j < r->count; j++) {
