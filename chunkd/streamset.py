@@ -33,6 +33,11 @@ log = structlog.get_logger("chunkd.streamset")
 
 BATCH_CHUNKS = 64  # handle-chunk calls per trip to the instance thread
 BATCH_BYTES = 8 * 1024 * 1024
+# a batch of direct runs (files read by a core guest's thread) may be larger: the trip to
+# the instance thread and the handoff of the GIL around it (~0.1 ms) are paid per batch,
+# and nothing is buffered for them (the guest's own memory takes each chunk)
+DIRECT_BATCH_CHUNKS = 256
+DIRECT_BATCH_BYTES = 32 * 1024 * 1024
 MAX_INVOKE_RESULT = 64 * 1024  # characters of an invoke result kept in the job record
 
 
@@ -215,25 +220,27 @@ class StreamSet:
         """The next batch from the ready streams, round-robin. A stream read directly gives
         its share of the batch as one run of consecutive chunks (the batch's chunks over
         the streams ready when it starts), so the loop's work per batch is O(streams).
+        Read-ahead chunks (bytes) fill a batch up to BATCH_CHUNKS / BATCH_BYTES, direct
+        runs up to DIRECT_BATCH_CHUNKS / DIRECT_BATCH_BYTES.
         `direct_only`: stop at the first stream that is not read directly (only direct
         batches are pipelined)."""
         job = self.job
         batch: list[tuple[Delivery, Chunk]] = []
         nbytes = 0
         nchunks = 0
-        limit = 1 if paced else BATCH_CHUNKS
         ready = job.ready_streams
+        limit, max_bytes = (1, BATCH_BYTES) if paced else (DIRECT_BATCH_CHUNKS, DIRECT_BATCH_BYTES)
         share = max(1, limit // max(1, len(ready)))
-        while ready and nchunks < limit and nbytes < BATCH_BYTES:
+        while ready and nchunks < limit and nbytes < max_bytes:
             d = ready[0]
             if d.outcome is not None or not d.has_next():
                 ready.popleft()
                 d.in_ready = False
                 continue
             if d.direct_fd is not None:
-                item = d.take_direct(min(share, limit - nchunks), BATCH_BYTES - nbytes)
+                item = d.take_direct(min(share, limit - nchunks), max_bytes - nbytes)
             else:
-                if direct_only:
+                if direct_only or nchunks >= min(limit, BATCH_CHUNKS) or nbytes >= BATCH_BYTES:
                     break
                 head = d.queue[0]
                 if isinstance(head, End):
