@@ -14,6 +14,7 @@ import pytest
 
 from chunkd.cli import EXIT_CONFIG, EXIT_OK, main
 from chunkd.jobs import COMPLETED, FAILED
+from chunkd.streamset import DIRECT_BATCH_CHUNKS
 from tests.conftest import WAT, make_blob
 
 CORE = {"core": {"guest": "core_probe"}}
@@ -255,12 +256,14 @@ async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness,
 
 
 @pytest.mark.parametrize("use_native", [True, False])
-@pytest.mark.parametrize("stop_at", [7, 100, 63, 64])
+@pytest.mark.parametrize("stop_at", [7, DIRECT_BATCH_CHUNKS + 44, DIRECT_BATCH_CHUNKS - 1, DIRECT_BATCH_CHUNKS])
 async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: Path, stop_at: int, use_native: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Direct batches are pipelined (64 chunks each): when a chunk answers false, the
-    next batch is already queued on the instance thread with more chunks of the same
-    stream. None of them may reach the guest."""
+    """Direct batches are pipelined (DIRECT_BATCH_CHUNKS chunks each, here one run of the
+    one stream): when a chunk answers false, the next batch is already queued on the
+    instance thread with more chunks of the same stream. None of them may reach the
+    guest (stops in a batch's middle, at its last chunk and at the next one's first)."""
+    assert 1001 > 3 * DIRECT_BATCH_CHUNKS  # the 1,001-chunk stream spans several batches
     from chunkd.host import native
     if not use_native:
         monkeypatch.setattr(native, "NATIVE", None)

@@ -17,10 +17,12 @@ import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chunkd import streamset
 from chunkd.host import values
 from chunkd.jobs import JobState
 from tests.fakes import FakeRuntime, Plan, StreamPlan
@@ -165,8 +167,10 @@ def check_invariants(plan: Plan, r: Result) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(plans())
-def test_delivery_core_invariants(drawn: tuple[Plan, int, int, int]) -> None:
+@given(plans(), st.sampled_from([1, 2, 5, 13, 64, 256]))
+def test_delivery_core_invariants(drawn: tuple[Plan, int, int, int], direct_batch: int) -> None:
+    """`direct_batch`: the most chunks a batch of direct runs holds, so the batch edges
+    (where a queued batch meets a stream the one before it stopped) fall everywhere."""
     plan, budget, prefetch, retries = drawn
 
     async def main() -> None:
@@ -176,4 +180,5 @@ def test_delivery_core_invariants(drawn: tuple[Plan, int, int, int]) -> None:
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert not left, left
 
-    asyncio.run(main())
+    with mock.patch.object(streamset, "DIRECT_BATCH_CHUNKS", direct_batch):
+        asyncio.run(main())
