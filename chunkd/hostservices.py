@@ -95,8 +95,9 @@ class RuntimeServices:
                 self.streams_started += 1
             stream.chunking = True
             inst.active_cids.add(correlation_id)
-            job.add_request(StreamRequest(inst, stream, chunk_size, correlation_id, stream.position))
-        self.loop.call_soon_threadsafe(job.ready.set)
+            wake = job.add_request(StreamRequest(inst, stream, chunk_size, correlation_id, stream.position))
+        if wake:
+            self.loop.call_soon_threadsafe(job.wake)
         return None
 
     def stream_released(self, inst: "InstanceBase", stream: "HostStream") -> None:

@@ -67,6 +67,7 @@ class Job:
     # filled from instance threads, drained by the delivery loop
     requests: list[StreamRequest] = field(default_factory=list)
     requests_lock: threading.Lock = field(default_factory=threading.Lock)
+    wake_pending: bool = False  # a wake() is scheduled on the loop and has not run yet
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ready_streams: collections.deque["Delivery"] = field(default_factory=collections.deque)
     open_streams: int = 0
@@ -89,9 +90,22 @@ class Job:
             reqs, self.requests = self.requests, []
         return reqs
 
-    def add_request(self, req: StreamRequest) -> None:
+    def add_request(self, req: StreamRequest) -> bool:
+        """From an instance thread. True when the caller must schedule wake() on the loop:
+        a guest starting 1,000 streams in one call wakes the loop once, not 1,000 times
+        (each wake is a write to the loop's self-pipe and a GIL handoff)."""
         with self.requests_lock:
             self.requests.append(req)
+            if self.wake_pending:
+                return False
+            self.wake_pending = True
+            return True
+
+    def wake(self) -> None:
+        """On the loop: the requests added so far (and until this runs) are seen."""
+        with self.requests_lock:
+            self.wake_pending = False
+        self.ready.set()
 
     @property
     def finished(self) -> bool:

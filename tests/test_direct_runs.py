@@ -89,3 +89,45 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((a, b))
     return out
+
+
+async def test_stream_requests_wake_the_loop_once_per_burst_and_none_is_lost() -> None:
+    """start-chunking-read from instance threads: a burst of requests schedules one wake
+    of the loop, and a consumer that drains and waits as the delivery loop does sees every
+    request (two threads adding 2,000 each while it drains)."""
+    import asyncio
+    import threading
+
+    from chunkd.jobs import Job, StreamRequest
+
+    loop = asyncio.get_running_loop()
+    job = Job("c", [])
+    wakes = [0]
+
+    def producer(base: int) -> None:
+        for i in range(2000):
+            req = StreamRequest(None, None, 1, base + i, 0)  # type: ignore[arg-type]
+            if job.add_request(req):
+                wakes[0] += 1
+                loop.call_soon_threadsafe(job.wake)
+
+    seen: set[int] = set()
+    threads = [threading.Thread(target=producer, args=(base,)) for base in (0, 10_000)]
+    for t in threads:
+        t.start()
+
+    async def consume() -> None:
+        while True:
+            seen.update(r.correlation_id for r in job.take_requests())
+            if len(seen) == 4000:
+                return
+            job.ready.clear()
+            if job.requests:
+                continue
+            await job.ready.wait()
+
+    await asyncio.wait_for(consume(), 30)
+    for t in threads:
+        t.join()
+    assert seen == set(range(2000)) | set(range(10_000, 12_000))
+    assert 1 <= wakes[0] < 4000  # coalesced
