@@ -191,7 +191,7 @@ def cmd_check(config: Config) -> int:
             print(f"component {name}: FAIL: {e}")
             problems += 1
             continue
-        path = "core-module fast path" if loaded.kind == "core" else "component path"
-        print(f"component {name}: ok: exports {loaded.info.world} ({path})")
+        path = "core-module path" if loaded.kind == "core" else "component path"
+        print(f"component {name}: ok: exports {loaded.info.world} ({path}, native host core)")
     print(f"{config.file}: {'ok' if not problems else f'{problems} problem(s)'}")
     return EXIT_OK if not problems else EXIT_CONFIG

@@ -54,6 +54,13 @@ class Chunk:
         d = self.data
         return d.length if isinstance(d, DirectRun) else len(d)
 
+    def delivered(self, made: int) -> tuple[int, int]:
+        """(chunks, bytes) delivered when `made` of its handle-chunk calls returned."""
+        d = self.data
+        if isinstance(d, DirectRun):
+            return d.delivered(made)
+        return (1, len(d)) if made else (0, 0)
+
 
 @dataclass(slots=True)
 class End:
@@ -222,13 +229,10 @@ class Delivery:
 
     # --- the consumer side (the StreamSet's delivery loop) --------------------------
 
-    def consumed(self, chunk: Chunk) -> None:
+    def account(self, chunk: Chunk, chunks: int, nbytes: int) -> None:
+        """`chunk` came back from the instance with `chunks` chunks (`nbytes` bytes) of it
+        delivered: its room goes back (none is held in direct mode), the stats count them."""
         self.dropped(chunk)
-        self.stats.chunks += 1
-        self.stats.bytes += chunk.length
-
-    def consumed_direct(self, chunks: int, nbytes: int) -> None:
-        """Direct mode: `chunks` chunks of a run were delivered (nothing to give back)."""
         self.stats.chunks += chunks
         self.stats.bytes += nbytes
 

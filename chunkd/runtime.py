@@ -19,13 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from wasmtime import Engine
+from chunkd import _native
 
 from chunkd.config import Config
 from chunkd.host import values
 from chunkd.host.component import load_component
 from chunkd.host.engine import EpochClock, make_engine
-from chunkd.host.fastcall import tune_allocator
 from chunkd.hostservices import OutputListener, RuntimeServices
 from chunkd.jobrunner import JobRunner, NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobs import Job, JobState
@@ -51,7 +50,7 @@ class Runtime:
         self.only = only  # load just these components (a one-shot `chunkd run` needs one)
         self.store = store
         self.metrics = Metrics()
-        self.engine: Engine | None = None
+        self.engine: _native.Engine | None = None
         self.clock: EpochClock | None = None
         self.containers: dict[str, Container] = {}
         self._retired_containers: list[Container] = []
@@ -82,8 +81,6 @@ class Runtime:
         self._services = RuntimeServices(loop, self.config.limits, self.metrics, self.background)
         self._services.output_listeners = self._output_listeners
         self.metrics.bind(self)
-        values.install_fast_bytes()
-        tune_allocator()
         cache_dir = self.config.daemon.cache_dir or self.config.daemon.state_dir / "cache"
         self.engine = await loop.run_in_executor(None, make_engine, cache_dir)
         self.clock = EpochClock(self.engine)

@@ -274,7 +274,7 @@ class StreamSet:
     async def _account(self, batch: list[tuple[Delivery, Chunk]],
                        sent: "asyncio.Task[BatchResult] | Coroutine[Any, Any, BatchResult]") -> None:
         try:
-            answers, made, seconds, error = await sent
+            result = await sent
         except BaseException:
             for d, c in batch:  # not delivered (cancelled mid-trip): give the room back
                 d.dropped(c)
@@ -282,30 +282,22 @@ class StreamSet:
         m_seconds, m_chunks, m_bytes = self.settings.meters
         ends: list[tuple[Delivery, values.StreamEnd]] = []
         # account for every chunk of the batch first: an end told to the guest may trap
-        pad = len(batch) - len(answers)
         delivered = nbytes = 0
-        for (d, c), more, n, took in zip(batch, answers + [None] * pad, made + [0] * pad, seconds + [0.0] * pad,
-                                         strict=True):
-            if type(c.data) is DirectRun:  # a run: its first n chunks were delivered
-                if n:
-                    got = c.data.made_bytes(n)
-                    d.consumed_direct(n, got)
-                    observe_many(m_seconds, took, n)
-                    delivered += n
-                    nbytes += got
-            elif more is None:  # not delivered: the stream ended earlier, or the guest trapped
-                d.dropped(c)
-                continue
+        for i, (d, c) in enumerate(batch):
+            o = result.outcome(i)
+            n, got = c.delivered(o.made)
+            if n:
+                d.account(c, n, got)
+                observe_many(m_seconds, o.seconds, n)
+                delivered += n
+                nbytes += got
             else:
-                d.consumed(c)
-                m_seconds.observe(took)
-                delivered += 1
-                nbytes += c.length
-            if isinstance(more, SourceError):  # a direct read failed: the guest was not called
-                ends.append((d, values.failed(str(more))))
-            elif more is False:
+                d.account(c, 0, 0)
+            if o.source_error is not None:  # a direct read failed: the guest was not called
+                ends.append((d, values.failed(str(o.source_error))))
+            elif o.answer is False:
                 ends.append((d, values.CANCELLED))
-            elif more is True and d.is_last(c):
+            elif o.answer is True and d.is_last(c):
                 ends.append((d, values.COMPLETED))
         m_chunks.inc(delivered)
         m_bytes.inc(nbytes)
@@ -313,10 +305,10 @@ class StreamSet:
         closed = [(d, end) for d, end in ends if self._close(d, end)]
         for d, _ in closed:
             await d.close_blob()
-        if error is None and closed and not self.inst.broken:
+        if result.trap is None and closed and not self.inst.broken:
             await self.inst.streams_ended([(d.correlation_id, end) for d, end in closed])
-        if error is not None:
-            raise error
+        if result.trap is not None:
+            raise result.trap
 
     def _close(self, d: Delivery, end: values.StreamEnd) -> bool:
         """The synchronous part of an end: outcome, producer, budget, counters. False when

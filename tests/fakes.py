@@ -2,8 +2,9 @@
 
 FakeInstance is a real InstanceBase (the same thread, the same guarded-call
 and host-import code) whose guest is a Python script: it starts the streams
-a Plan describes, answers handle-chunk as the plan says, and can trap (a real
-wasmtime Trap) where the plan says. FakeBlob is a blob source with injected
+a Plan describes, answers handle-chunk as the plan says, and can trap (a
+CallFault, as the native core reports one) where the plan says; its batch
+loop is a Python model of the native one (native/src/instance.rs). FakeBlob is a blob source with injected
 transient and permanent faults. FakePool and FakeRuntime give a JobRunner
 exactly what it needs, so a whole job runs through the real runner, stream
 set and deliveries.
@@ -18,12 +19,11 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from wasmtime import Trap
-
 from chunkd.config import ComponentConfig, Config, DaemonConfig, LimitsConfig
-from chunkd.errors import SourceError
+from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import DirectRead, HostStream, InstanceBase
+from chunkd.host.instance import (BatchResult, CallFault, CallOutcome, DirectRead, DirectRun, HandleCall, HostStream,
+                                  InstanceBase)
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.metrics import Metrics
@@ -125,12 +125,50 @@ class FakeInstance(InstanceBase):
         self.blobs: list[FakeBlob] = []
         self.on_call = on_call  # called on the instance thread with the call number
         self.lock = threading.Lock()
+        self._stopped: set[int] = set()
 
     def _instantiate(self) -> None:
-        self._store = SimpleNamespace(set_epoch_deadline=lambda ticks: None)  # type: ignore[assignment]
+        pass
 
-    def _begin_call(self) -> None:
-        self._in_call = True
+    def _run_batch(self, calls: list[HandleCall], fresh: bool) -> BatchResult:
+        """The native batch's rules, in Python: in order; a stream stopped by an earlier
+        call of this batch or of one queued before it is skipped; a trap stops the batch."""
+        out: list[CallOutcome] = []
+        if fresh:
+            self._stopped.clear()
+        stopped = self._stopped
+        for handle, cid, current, total, data in calls:
+            if handle in stopped or self.halt:
+                out.append(CallOutcome(None, 0, 0.0))
+                continue
+            runs = data.reads() if isinstance(data, DirectRun) else [data]
+            answer: bool | None = None
+            made = 0
+            error: SourceError | None = None
+            for j, r in enumerate(runs):
+                if self.halt:
+                    answer = None
+                    break
+                try:
+                    if isinstance(r, DirectRead):
+                        answer = self._guarded("handle-chunk", self._handle_direct, handle, cid, current + j, total, r)
+                    else:
+                        answer = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, r)
+                except GuestTrap as e:
+                    if isinstance(data, DirectRun):
+                        out.append(CallOutcome(None, made, 0.0))
+                    return BatchResult(out, e)
+                except SourceError as e:
+                    answer, error = None, e
+                    break
+                made += 1
+                if not answer:
+                    break
+            o = CallOutcome(answer, made, 0.0, error)
+            out.append(o)
+            if o.stops_stream:
+                stopped.add(handle)
+        return BatchResult(out)
 
     def _invoke(self, args: list[str]) -> tuple[bool, str]:
         for cid, sp in enumerate(self.plan.streams):
@@ -146,7 +184,7 @@ class FakeInstance(InstanceBase):
             blob.faults = dict(sp.faults)  # faults apply to the chunked reads
             self.seen.started[cid] = self.host_start_chunking(handle, sp.chunk_size, cid)
         if self.plan.trap_in_invoke:
-            raise Trap("injected trap in invoke")
+            raise CallFault("trap", "injected trap in invoke")
         return (False, "injected invoke error") if self.plan.invoke_error else (True, "ok")
 
     def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
@@ -155,7 +193,7 @@ class FakeInstance(InstanceBase):
         if self.on_call is not None:
             self.on_call(n)
         if n == self.plan.trap_at_call:
-            raise Trap("injected trap in handle-chunk")
+            raise CallFault("trap", "injected trap in handle-chunk")
         self.seen.chunks.setdefault(correlation_id, []).append((current, total, bytes(data)))
         return self.plan.streams[correlation_id].false_at != current
 
@@ -172,7 +210,7 @@ class FakeInstance(InstanceBase):
     def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         self.seen.ended.setdefault(correlation_id, []).append(end)
         if self.plan.trap_in_ended:
-            raise Trap("injected trap in stream-ended")
+            raise CallFault("trap", "injected trap in stream-ended")
 
 
 class FakePool:

@@ -184,62 +184,10 @@ async def test_direct_read_of_a_file_that_shrinks_ends_failed(harness, blobs: Pa
     assert job.deliveries[0].stats.bytes <= 200_000
 
 
-def test_the_native_batch_is_built() -> None:
-    """scripts/setup builds chunkd/native/direct_batch.c; a missing library would silently
-    put every core-path batch back on the Python loop, so it is a failure here."""
-    from chunkd.host import native
-    assert native.NATIVE is not None, f"{native.DEFAULT_LIB} missing or of another layout: run scripts/build-native"
-
-
-async def _direct_scenarios(h: Any, blobs: Path) -> list[Any]:
-    out: list[Any] = []
-    for args in (["local", "a.bin", "65536", "1", "-1", "log"],   # every chunk, in order
-                 ["local", "a.bin", "1000", "2", "7", "log"],     # false at chunk 7
-                 ["local", "e.bin", "4096", "3", "-1", "log"],    # empty blob
-                 ["many", "local", "a.bin", "65536", "40"]):      # 40 streams of one job, interleaved
-        job, log = await run_and_report(h, args)
-        out.append((str(job.state), job.error, log, [(d.correlation_id, str(d.outcome), d.stats.chunks,
-                                                      d.stats.bytes) for d in job.deliveries]))
-    trap = await h.run("core", ["local", "a.bin", "65536", "9", "-1", "log", "x"])  # bad args: err
-    out.append((str(trap.state), trap.error))
-    return out
-
-
-async def test_native_and_python_batches_agree(harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chunkd.host import core, native
-    assert native.NATIVE is not None
-    make_blob(blobs, "a.bin", 1_000_003)
-    make_blob(blobs, "e.bin", 0)
-    used = {"native": 0}
-    real = core.CoreInstance._run_batch_native
-
-    def counting(self: Any, *args: Any) -> Any:
-        used["native"] += 1
-        return real(self, *args)
-
-    monkeypatch.setattr(core.CoreInstance, "_run_batch_native", counting)
-    async with harness(components=CORE) as h:
-        with_native = await _direct_scenarios(h, blobs)
-    assert used["native"] > 0
-    monkeypatch.setattr(native, "NATIVE", None)
-    used["native"] = 0
-    async with harness(components=CORE) as h:
-        with_python = await _direct_scenarios(h, blobs)
-    assert used["native"] == 0
-    assert with_native == with_python
-    assert with_native[0][2][-1] == f"ended 1 0 {fnv((blobs / 'a.bin').read_bytes())}"
-
-
-@pytest.mark.parametrize("use_native", [True, False])
-async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness, blobs: Path, use_native: bool,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A trap or a timeout in handle-chunk in the middle of a batch (native or Python):
-    the chunks before it were delivered, the job fails with the reason, the instance is
-    replaced and the next job completes."""
-    from chunkd.host import native
-    assert native.NATIVE is not None
-    if not use_native:
-        monkeypatch.setattr(native, "NATIVE", None)
+async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness, blobs: Path) -> None:
+    """A trap or a timeout in handle-chunk in the middle of a native batch: the chunks
+    before it were delivered, the job fails with the reason, the instance is replaced
+    and the next job completes."""
     data = make_blob(blobs, "a.bin", 1 << 20)
     async with harness(components={"core": {"guest": "core_probe", "prefetch_chunks": 8}},
                        limits={"call_timeout": "1s"}) as h:
@@ -255,18 +203,13 @@ async def test_trap_and_timeout_inside_a_batch_break_only_that_instance(harness,
         assert h.runtime.metrics.value("chunkd_timeouts_total", component="core") == 1
 
 
-@pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("stop_at", [7, DIRECT_BATCH_CHUNKS + 44, DIRECT_BATCH_CHUNKS - 1, DIRECT_BATCH_CHUNKS])
-async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: Path, stop_at: int, use_native: bool,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: Path, stop_at: int) -> None:
     """Direct batches are pipelined (DIRECT_BATCH_CHUNKS chunks each, here one run of the
     one stream): when a chunk answers false, the next batch is already queued on the
     instance thread with more chunks of the same stream. None of them may reach the
     guest (stops in a batch's middle, at its last chunk and at the next one's first)."""
     assert 1001 > 3 * DIRECT_BATCH_CHUNKS  # the 1,001-chunk stream spans several batches
-    from chunkd.host import native
-    if not use_native:
-        monkeypatch.setattr(native, "NATIVE", None)
     data = make_blob(blobs, "a.bin", 1_000_003)
     async with harness(components=CORE) as h:
         job, log = await run_and_report(h, ["local", "a.bin", "1000", "4", str(stop_at), "log"])
@@ -277,27 +220,22 @@ async def test_false_stops_the_stream_across_pipelined_batches(harness, blobs: P
     assert str(job.deliveries[0].outcome) == "cancelled"
 
 
-async def test_a_handle_chunk_of_the_wrong_type_fails_the_job_clearly(
-        harness, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The native batch calls the guest through wasmtime_func_call_unchecked only when the
-    exports' types are exactly the canonical ABI's; a wrong one goes through the checked
-    call, which fails the job with an error instead of undefined behaviour."""
-    from chunkd.host import core
-    verdicts: list[bool] = []
-    real = core.CoreInstance._exports_typed_exactly
-
-    def recording(self: Any) -> bool:
-        verdicts.append(real(self))
-        return verdicts[-1]
-
-    monkeypatch.setattr(core.CoreInstance, "_exports_typed_exactly", recording)
-    make_blob(blobs, "a.bin", 5000)
-    async with harness(components={**CORE, "wrong": {"path": str(WAT / "core-handle-wrong-type.wat")}}) as h:
-        job = await h.run("wrong", [])
-        assert job.state == FAILED
-        assert "type" in (job.error or "").lower(), job.error
-        assert job.deliveries[0].stats.chunks == 0
-        assert verdicts == [False]
-        ok = await h.run("core", ["local", "a.bin", "1000", "1", "-1", "quiet"])  # the daemon goes on
-        assert ok.state == COMPLETED and ok.deliveries[0].stats.chunks == 5
-        assert verdicts == [False, True]  # core_probe's exports are exact: the fast call is used
+def test_a_handle_chunk_of_the_wrong_type_is_refused_with_a_clear_error(tmp_path: Path, capsys) -> None:
+    """The native core checks every export's type when it loads a guest: a core
+    handle-chunk whose list pointer is an i64 is refused by `chunkd check` (and at start)
+    with the export, its type and the expected one, before any call is made."""
+    cfg = tmp_path / "chunkd.toml"
+    cfg.write_text(f"""
+[daemon]
+state_dir = "{tmp_path / 'state'}"
+[containers.local]
+kind = "file"
+root = "{tmp_path}"
+[components.wrong]
+path = "{WAT / 'core-handle-wrong-type.wat'}"
+""")
+    assert main(["check", "-c", str(cfg)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    assert "component wrong: FAIL" in out
+    assert "handle-chunk has type (i32, i64, i64, i64, i64, i32) -> (i32)" in out, out
+    assert "expected (i32, i64, i64, i64, i32, i32) -> (i32)" in out

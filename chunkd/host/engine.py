@@ -1,65 +1,51 @@
-"""The wasmtime engine chunkd shares across components, and its epoch clock."""
+"""The engine chunkd shares across components (in the native host core), and its clock.
+
+The native Engine has the component model and epoch interruption on, keeps
+compiled code under `cache_dir` (serialized modules: a restart does not
+recompile), and advances its epoch every EPOCH_TICK_S on a thread of its own.
+"""
 from __future__ import annotations
 
-import ctypes
-
-import threading
 from pathlib import Path
 
 import structlog
-from wasmtime import Config, Engine, WasmtimeError
+
+from chunkd import _native
 
 log = structlog.get_logger("chunkd.engine")
 
 EPOCH_TICK_S = 0.01  # call_timeout resolution
 
 
-def make_engine(cache_dir: Path | None) -> Engine:
+def make_engine(cache_dir: Path | None) -> _native.Engine:
     """Component model on, epoch interruption for call timeouts, compiled-code cache."""
-    cfg = Config()
-    cfg.wasm_component_model = True
-    cfg.epoch_interruption = True
+    code = None
     if cache_dir is not None:
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            toml = cache_dir / "wasmtime-cache.toml"
-            toml.write_text(f'[cache]\ndirectory = "{(cache_dir / "code").as_posix()}"\n')
-            cfg.cache = str(toml)
-        except (OSError, WasmtimeError) as e:
+            code = cache_dir / "native"
+            code.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
             log.warning("compile_cache_disabled", reason=str(e), cache_dir=str(cache_dir))
-    return Engine(cfg)
+            code = None
+    return _native.Engine(str(code) if code is not None else None, EPOCH_TICK_S)
 
 
 class EpochClock:
-    """Advances the engine's epoch every EPOCH_TICK_S on a daemon thread.
+    """The engine's epoch, as instances count call budgets: `ticks` since start."""
 
-    `ticks` mirrors the engine epoch so instances can tell how much of a
-    call's budget was spent waiting on the host (which does not count).
-    """
-
-    def __init__(self, engine: Engine, tick_s: float = EPOCH_TICK_S) -> None:
+    def __init__(self, engine: _native.Engine) -> None:
         self.engine = engine
-        self.tick_s = tick_s
-        self._ticks = ctypes.c_uint64(0)  # C reads it too (the native batch, host/native.py)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chunkd-epoch", daemon=True)
+        self.tick_s = engine.tick_s
 
     def start(self) -> None:
-        self._thread.start()
+        """The native clock runs from the engine's creation."""
 
     @property
     def ticks(self) -> int:
-        return int(self._ticks.value)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            self._ticks.value += 1
-            self.engine.increment_epoch()
+        return self.engine.ticks
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=1)
+        self.engine.stop()
 
     def ticks_for(self, seconds: float) -> int:
         return max(1, round(seconds / self.tick_s))

@@ -1,39 +1,37 @@
-"""One instance of one component: its store, its thread, its host imports.
+"""One instance of one guest: its thread, its streams, its host imports.
 
-InstanceBase holds what every kind of guest shares: the worker thread, the
-epoch budget, the stream table and the host side of the chunkd imports
-(answering in neutral values). ComponentInstance (here) and CoreInstance
-(component_instance.py) and CoreInstance (core.py, the canonical-ABI fast
-path) only differ in how values cross; kinds.py picks one per component.
+InstanceBase holds what every instance shares: the worker thread that makes
+every call into the guest (so the event loop never blocks and no two calls
+run in one instance at once), the stream table, and the host side of the
+chunkd imports, answering in neutral values (values.py). How a guest is run
+is its subclass's: NativeInstance (native_instance.py) runs every kind of
+guest in the native host core (chunkd._native, on the wasmtime crate);
+tests/fakes.py has a fast fake for property tests.
 
-Every call into the instance (instantiate, invoke, handle-chunk,
-stream-ended, resource drops) runs on the instance's own worker thread, so
-the event loop never blocks and no two calls run in one instance at once.
-Host imports called by the guest run on that thread too; anything async
-(opening or reading a blob) is handed to the loop with
-run_coroutine_threadsafe, and the time spent waiting there is given back
-to the call's epoch budget: call_timeout counts guest time only.
+Host imports called by the guest run on the instance thread too; anything
+async (opening or reading a blob) is handed to the loop with
+run_coroutine_threadsafe. The native core counts the time a guest spends
+blocked in a host import as host time: call_timeout counts guest time only.
+
+A batch of handle-chunk calls answers with one CallOutcome per item
+(BatchResult), never parallel lists.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
 
 import structlog
-from wasmtime import Store, Trap, TrapCode, WasmtimeError
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
-from chunkd.host import rawffi, values
-from chunkd.host.component import LoadedComponent
-from chunkd.host.engine import EpochClock
+from chunkd.host import values
 
 if TYPE_CHECKING:
+    from chunkd.host.component import LoadedComponent
+    from chunkd.host.engine import EpochClock
     from chunkd.jobs import Job
     from chunkd.sources.base import Blob
 
@@ -87,30 +85,59 @@ class DirectRun:
         return [DirectRead(self.fd, self.offset + j * c, c if j < self.count - 1 else self.last_length)
                 for j in range(self.count)]
 
+    def delivered(self, made: int) -> tuple[int, int]:
+        """(chunks, bytes) delivered when `made` of the run's calls returned."""
+        return made, self.made_bytes(made)
 
 ChunkData = bytes | DirectRun
 # (handle, correlation-id, current-chunk, total-chunks, data): current-chunk is a run's
 # first chunk.
 HandleCall = tuple[int, int, int, int, ChunkData]
-# Per item of a batch: the answer is the guest's bool (a run's: its last call's, every
-# call before it having said true), None when nothing more was delivered (skipped, the
-# batch halted, or the guest trapped in it), or the SourceError a direct read raised
-# (the guest was not called for that chunk). `made` counts the item's handle-chunk
-# calls that returned, and `seconds` their total duration.
-Answer = bool | SourceError | None
-BatchResult = tuple[list[Answer], list[int], list[float], GuestTrap | None]
 
 
-def read_exactly_into(fd: int, view: memoryview, offset: int) -> int:
-    """preadv until `view` is full or the file ends; the GIL is released while it reads."""
-    got = 0
-    n = len(view)
-    while got < n:
-        k = os.preadv(fd, [view[got:]], offset + got)
-        if k == 0:
-            break
-        got += k
-    return got
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What one item of a batch came to.
+
+    `answer`: the guest's bool (a run's: its last call's, every call before it having
+    said true), or None when nothing more was delivered (skipped, the batch halted, the
+    guest trapped in it, or a direct read failed). `source_error`: the direct read that
+    stopped the item (the guest was not called for that chunk). `made`: the item's
+    handle-chunk calls that returned; `seconds`: their total duration."""
+
+    answer: bool | None
+    made: int
+    seconds: float
+    source_error: SourceError | None = None
+
+    @property
+    def stops_stream(self) -> bool:
+        return self.answer is False or self.source_error is not None
+
+
+NOT_REACHED = CallOutcome(None, 0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One outcome per item reached, in order, and the trap that stopped the batch (the
+    item it stopped in is the last outcome, with the calls made before it)."""
+
+    outcomes: list[CallOutcome]
+    trap: GuestTrap | None = None
+
+    def outcome(self, i: int) -> CallOutcome:
+        return self.outcomes[i] if i < len(self.outcomes) else NOT_REACHED
+
+
+class CallFault(Exception):
+    """A guest call that went wrong, as the runner of the guest reports it: `kind` is
+    trap, timeout, panic (the native core caught a panic of its own) or broken."""
+
+    def __init__(self, kind: str, reason: str = "") -> None:
+        super().__init__(f"{kind}: {reason}" if reason else kind)
+        self.kind = kind
+        self.reason = reason
 
 
 @dataclass
@@ -154,13 +181,6 @@ class HostServices(Protocol):
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None: ...
 
 
-class CallClock(ctypes.Structure):
-    """When the current guest call started (epoch ticks) and how many ticks it spent
-    waiting on the host; a struct so that the native batch can restart it per call."""
-
-    _fields_ = [("start", ctypes.c_int64), ("waited", ctypes.c_int64)]
-
-
 class _LineBuffer:
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._buf = bytearray()
@@ -189,8 +209,10 @@ class _LineBuffer:
 
 class InstanceBase:
     kind = "component"
+    # streams whose blob has a direct_fd are read by the instance itself
+    direct_reads = False
 
-    def __init__(self, comp: LoadedComponent, index: int, services: HostServices, clock: EpochClock,
+    def __init__(self, comp: "LoadedComponent", index: int, services: HostServices, clock: "EpochClock",
                  *, call_timeout_s: float, memory_bytes: int, max_chunk_size: int) -> None:
         self.comp = comp
         self.index = index
@@ -207,45 +229,26 @@ class InstanceBase:
         self.streams: dict[int, HostStream] = {}
         self._next_handle = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
-        self._store: Store | None = None
-        self._call_clock = CallClock()  # this call's start tick and host-waited ticks; C writes it too
-        self._in_call = False
         self._closed = False
-        self._halt = ctypes.c_int32(0)  # read by the native batch too (host/native.py)
-        self._stopped_handles: set[int] = set()  # streams stopped by queued batches (handle_chunks)
-        self._ctx: Any = None
-        self._ctx_of: Store | None = None
-        self._c_timeout = ctypes.c_uint64(self.call_timeout_ticks)
-
-    @property
-    def _call_start_tick(self) -> int:
-        return int(self._call_clock.start)
-
-    @_call_start_tick.setter
-    def _call_start_tick(self, value: int) -> None:
-        self._call_clock.start = value
-
-    @property
-    def _waited_ticks(self) -> int:
-        return int(self._call_clock.waited)
-
-    @_waited_ticks.setter
-    def _waited_ticks(self, value: int) -> None:
-        self._call_clock.waited = value
+        self._halt = False
 
     @property
     def halt(self) -> bool:
         """Set from the loop to skip the rest of a batch (cluster fencing)."""
-        return bool(self._halt.value)
+        return self._halt
 
     @halt.setter
     def halt(self, value: bool) -> None:
-        self._halt.value = 1 if value else 0
+        self._halt = value
+        self._on_halt(value)
+
+    def _on_halt(self, value: bool) -> None:
+        """A subclass whose batches run elsewhere passes the flag on."""
 
     # --- lifecycle (loop side) ---------------------------------------------------
 
     async def start(self) -> None:
-        await self._on_thread(self._instantiate)
+        await self._on_thread(self._guarded, "instantiate", self._instantiate)
 
     async def close(self) -> None:
         """Drop the store and close the blobs the guest still held (a stream being chunked
@@ -256,8 +259,6 @@ class InstanceBase:
         try:
             await self._on_thread(self._drop_store)
         finally:
-            # the store holds our host functions, which hold us: drop every reference to it
-            self._ctx = self._ctx_of = None
             self._executor.shutdown(wait=False)
             held = [s for s in self.streams.values() if not s.chunking]
             self.streams.clear()
@@ -278,29 +279,19 @@ class InstanceBase:
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    # --- what a guest kind implements (instance thread) ---------------------------
+    # --- what a way of running guests implements (instance thread) -----------------
 
     def _instantiate(self) -> None:
         raise NotImplementedError
 
     def _drop_store(self) -> None:
-        self._store = None
+        pass
 
     def _invoke(self, args: list[str]) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def _handle_chunk(self, handle: int, correlation_id: int, current: int, total: int, data: bytes) -> bool:
+    def _run_batch(self, calls: list[HandleCall], fresh: bool) -> BatchResult:
         raise NotImplementedError
-
-    # a kind that reads DirectRead chunks straight into guest memory says so
-    direct_reads = False
-
-    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int, r: DirectRead) -> bool:
-        """Fallback for kinds without direct reads: read into bytes here, then the usual call."""
-        data = os.pread(r.fd, r.length, r.offset) if r.length else b""
-        if len(data) != r.length:
-            raise SourceError(f"blob changed size: got {len(data)} bytes at offset {r.offset}, expected {r.length}")
-        return self._handle_chunk(handle, correlation_id, current, total, data)
 
     def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         raise NotImplementedError
@@ -318,75 +309,15 @@ class InstanceBase:
         """Several handle-chunk calls in one trip to the instance thread, in order: a
         bytes item is one call, a DirectRun one call per chunk.
 
-        Returns, per item reached, its answer, its calls made and their seconds (see
-        Answer), and the trap that stopped the batch, if any (later calls are not made;
-        the item it stopped in is the last one returned, with the calls made before it).
         An item whose stream an earlier call of the batch, or of a batch before it,
-        ended is skipped.
-
-        `fresh`: no other batch of this job is queued before this one, so the streams
-        earlier batches stopped are forgotten. A batch sent while another is still on
-        the thread (fresh=False) skips the streams that one stopped: no chunk of a
-        stream reaches the guest after the stream answered false or failed."""
+        ended is skipped. `fresh`: no other batch of this job is queued before this
+        one, so the streams earlier batches stopped are forgotten. A batch sent while
+        another is still on the thread (fresh=False) skips the streams that one
+        stopped: no chunk of a stream reaches the guest after the stream answered false
+        or failed."""
+        if self.broken:
+            return BatchResult([], GuestTrap(f"instance {self.label} is broken: {self.broken}"))
         return await self._on_thread(self._run_batch, calls, fresh)
-
-    def _run_batch(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
-        answers: list[Answer] = []
-        made: list[int] = []
-        seconds: list[float] = []
-        if fresh:
-            self._stopped_handles.clear()
-        stopped = self._stopped_handles  # stream handles (never reused in an instance)
-        clock = time.perf_counter
-        for handle, cid, current, total, data in calls:
-            if handle in stopped or self.halt:
-                answers.append(None)
-                made.append(0)
-                seconds.append(0.0)
-                continue
-            t0 = clock()
-            if type(data) is not DirectRun:
-                try:
-                    more = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, data)
-                except GuestTrap as e:
-                    return answers, made, seconds, e
-                answers.append(more)
-                made.append(1)
-                seconds.append(clock() - t0)
-                if not more:
-                    stopped.add(handle)
-                continue
-            answer: Answer = None
-            n = 0
-            trap: GuestTrap | None = None
-            if data.hint_length > 0:
-                _advise(data.fd, data.hint_offset, data.hint_length)
-            for j, r in enumerate(data.reads()):
-                if self.halt:
-                    answer = None
-                    break
-                try:
-                    answer = self._guarded("handle-chunk", self._handle_direct, handle, cid, current + j, total, r)
-                except GuestTrap as e:
-                    trap, answer = e, None
-                    break
-                except SourceError as e:
-                    answer = e
-                    break
-                except OSError as e:
-                    answer = SourceError(f"read failed at offset {r.offset}: {e.strerror or e}")
-                    break
-                n += 1
-                if not answer:
-                    break
-            answers.append(answer)
-            made.append(n)
-            seconds.append(clock() - t0)
-            if trap is not None:
-                return answers, made, seconds, trap
-            if answer is False or isinstance(answer, SourceError):
-                stopped.add(handle)
-        return answers, made, seconds, None
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:
@@ -406,72 +337,41 @@ class InstanceBase:
 
     # --- call bookkeeping (instance thread) ---------------------------------------
 
-    def _begin_call(self) -> None:
-        store = self._store
-        assert store is not None
-        self._call_start_tick = self.clock.ticks
-        self._waited_ticks = 0
-        self._in_call = True
-        if self._ctx_of is not store:  # the raw context of this store, looked up once
-            self._ctx = store._context()
-            self._ctx_of = store
-        rawffi.set_epoch_deadline(self._ctx, self._c_timeout)
-
     def _guarded(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """One export call: fresh epoch budget; a trap or timeout breaks the instance."""
+        """One call into the guest; a trap, timeout or panic breaks the instance."""
         if self.broken:
             raise GuestTrap(f"instance {self.label} is broken: {self.broken}")
-        self._begin_call()
         try:
             return fn(*args)
-        except (Trap, WasmtimeError) as e:
-            raise self._classify(e, what) from None
-        finally:
-            self._in_call = False
+        except CallFault as e:
+            raise self.classify(e, what) from None
 
-    def _classify(self, e: Exception, what: str) -> GuestTrap:
-        text = str(e)
-        timeout = False
-        if isinstance(e, Trap) and e.trap_code == TrapCode.INTERRUPT:
-            timeout = True
-        elif "interrupt" in text.lower() and "wasm trap" in text.lower():
-            timeout = True
-        first = _trap_reason(text) or type(e).__name__
-        if timeout:
+    def classify(self, e: CallFault, what: str) -> GuestTrap:
+        if e.kind == "timeout":
             msg = f"{what} ran past call_timeout ({self.call_timeout_s:g}s) in {self.label}"
+        elif e.kind == "panic":
+            msg = f"{what} failed in {self.label}: the native host panicked ({e.reason}); the instance is discarded"
+        elif e.kind == "broken":
+            msg = f"instance {self.label} is broken: {self.broken or e.reason}"
         else:
-            msg = f"{what} trapped in {self.label}: {first}"
-        self.broken = msg
-        return GuestTrap(msg, timeout=timeout)
+            msg = f"{what} trapped in {self.label}: {e.reason}"
+        self.broken = self.broken or msg
+        return GuestTrap(msg, timeout=e.kind == "timeout")
 
     def _wait_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the event loop; the time waited does not count against call_timeout."""
-        t0 = self.clock.ticks
+        """Run `coro` on the event loop, bounded by HOST_WAIT_LIMIT_S."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.services.loop)
         try:
             return fut.result(timeout=HOST_WAIT_LIMIT_S)
         except TimeoutError:
             fut.cancel()  # the loop-side task is this thread's: it does not outlive the wait
             raise
-        finally:
-            self._give_back_host_time(t0)
-
-    def _give_back_host_time(self, t0: int) -> None:
-        """Ticks since `t0` were spent in the host, not the guest: restore them to the call."""
-        if self._in_call and self._store is not None and self.clock.ticks != t0:
-            self._waited_ticks += self.clock.ticks - t0
-            used = self.clock.ticks - self._call_start_tick - self._waited_ticks
-            self._store.set_epoch_deadline(max(1, self.call_timeout_ticks - used))
 
     # --- host side of the chunkd imports, neutral values (instance thread) --------
 
     def host_open(self, container: str, name: str) -> int | values.StreamErr:
         try:
-            t0 = self.clock.ticks
-            try:
-                now = self.services.open_blob_now(container, name)  # a local file: no loop hop
-            finally:
-                self._give_back_host_time(t0)
+            now = self.services.open_blob_now(container, name)  # a local file: no loop hop
             blob = now if now is not None else self._wait_on_loop(self.services.open_blob(container, name))
         except ChunkdError as e:
             return values.err_failed(str(e))
@@ -525,23 +425,3 @@ class InstanceBase:
         s.ended = True
         if s.handle_dropped:
             self.streams.pop(s.handle, None)
-
-
-def _advise(fd: int, offset: int, length: int) -> None:
-    try:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass  # a hint only
-
-
-def _trap_reason(text: str) -> str:
-    """The line of a wasmtime error that says why: `wasm trap: ...` or what follows
-    `Caused by:`, not the "error while executing at wasm backtrace:" header."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("wasm trap:"):
-            return line
-    for i, line in enumerate(lines):
-        if line == "Caused by:" and i + 1 < len(lines):
-            return lines[i + 1].split(":", 1)[-1].strip() if lines[i + 1][:1].isdigit() else lines[i + 1]
-    return lines[0] if lines else ""

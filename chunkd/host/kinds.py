@@ -1,14 +1,17 @@
-"""Which instance class runs a loaded guest: a table keyed by the guest's kind."""
+"""Which instance class runs a loaded guest.
+
+Every kind of guest (a component, or a core module implementing the consumer
+world at the canonical-ABI level) runs in the native host core.
+"""
 from __future__ import annotations
 
 from chunkd.host.component import LoadedComponent
-from chunkd.host.component_instance import ComponentInstance
-from chunkd.host.core import CoreInstance
 from chunkd.host.instance import InstanceBase
+from chunkd.host.native_instance import NativeInstance
 
 INSTANCE_KINDS: dict[str, type[InstanceBase]] = {
-    "component": ComponentInstance,  # wasmtime's component API, list<u8> through the prepared C-API call
-    "core": CoreInstance,  # a core module: chunkd performs the canonical ABI itself
+    "component": NativeInstance,
+    "core": NativeInstance,
 }
 
 

@@ -1,0 +1,121 @@
+//! The calls from wasm into Python's host services: only where they must
+//! (opening a blob, a pull `read`, starting a chunked read, a drop, guest
+//! output); never per chunk. Each takes the GIL for the call only, and its
+//! time is host time (given back to the guest call's budget).
+//!
+//! Python answers in neutral values (chunkd/host/native_instance.py,
+//! NativeHost): an int or None for success, `(discriminant, message)` for a
+//! stream-error.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::state::{host_time, State};
+
+/// The `stream-error` variant of wit/streams.wit, independent of how it crosses.
+#[derive(Debug, Clone)]
+pub enum StreamErr {
+    Closed,
+    Invalid(String),
+    Failed(String),
+}
+
+impl StreamErr {
+    pub fn discriminant(&self) -> u8 {
+        match self {
+            StreamErr::Closed => 0,
+            StreamErr::Invalid(_) => 1,
+            StreamErr::Failed(_) => 2,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            StreamErr::Closed => "",
+            StreamErr::Invalid(m) | StreamErr::Failed(m) => m,
+        }
+    }
+
+    fn from_py(v: &Bound<'_, PyAny>) -> PyResult<StreamErr> {
+        let t = v.downcast::<PyTuple>()?;
+        let disc: u8 = t.get_item(0)?.extract()?;
+        let msg: String = t.get_item(1)?.extract()?;
+        Ok(match disc {
+            0 => StreamErr::Closed,
+            1 => StreamErr::Invalid(msg),
+            _ => StreamErr::Failed(msg),
+        })
+    }
+}
+
+fn call<R>(
+    state: &mut State,
+    what: &str,
+    f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R>,
+) -> wasmtime::Result<R> {
+    let waited = state.clock.waited.clone();
+    let ticks = state.clock.ticks.clone();
+    let host = &state.host;
+    let r = host_time(&waited, &ticks, || Python::with_gil(|py| f(py, host.bind(py)).map_err(|e| e.to_string())));
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let msg = format!("host import {what} failed: {e}");
+            state.host_error = Some(msg.clone());
+            Err(wasmtime::format_err!(msg))
+        }
+    }
+}
+
+pub fn open(state: &mut State, container: &str, name: &str) -> wasmtime::Result<Result<u32, StreamErr>> {
+    call(state, "open", |_py, h| {
+        let r = h.call_method1("open", (container, name))?;
+        if r.is_instance_of::<PyTuple>() {
+            Ok(Err(StreamErr::from_py(&r)?))
+        } else {
+            Ok(Ok(r.extract::<u32>()?))
+        }
+    })
+}
+
+pub fn size(state: &mut State, handle: u32) -> wasmtime::Result<Option<u64>> {
+    call(state, "size", |_py, h| h.call_method1("size", (handle,))?.extract::<Option<u64>>())
+}
+
+/// A pull read; `into` receives the bytes (a component's Vec, or a core guest's memory).
+pub fn read(state: &mut State, handle: u32, len: u64) -> wasmtime::Result<Result<Vec<u8>, StreamErr>> {
+    call(state, "read", |_py, h| {
+        let r = h.call_method1("read", (handle, len))?;
+        if let Ok(b) = r.downcast::<PyBytes>() {
+            Ok(Ok(b.as_bytes().to_vec()))
+        } else {
+            Ok(Err(StreamErr::from_py(&r)?))
+        }
+    })
+}
+
+pub fn start_chunking(state: &mut State, handle: u32, chunk: u64, cid: u64) -> wasmtime::Result<Result<(), StreamErr>> {
+    call(state, "start-chunking-read", |_py, h| {
+        let r = h.call_method1("start_chunking", (handle, chunk, cid))?;
+        if r.is_none() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(StreamErr::from_py(&r)?))
+        }
+    })
+}
+
+pub fn drop_stream(state: &mut State, handle: u32) -> wasmtime::Result<()> {
+    call(state, "resource-drop", |_py, h| {
+        h.call_method1("drop", (handle,))?;
+        Ok(())
+    })
+}
+
+/// Guest output (stdout = 1, stderr = 2): Python splits it into capped lines.
+pub fn output(host: &Py<PyAny>, fd: u8, data: &[u8]) -> PyResult<()> {
+    Python::with_gil(|py| {
+        host.bind(py).call_method1("output", (fd, PyBytes::new(py, data)))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,80 @@
+//! What one store holds: the Python host services, the call clock, the
+//! memory limits, and (for components) the locked-down WASI context.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreContextMut, StoreLimits, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The budget of the guest call in progress, in epoch ticks. Time the guest
+/// spends blocked in a host import (`waited`) is given back: call_timeout
+/// counts guest time only. The epoch callback checks the budget lazily.
+pub struct CallClock {
+    pub ticks: Arc<AtomicU64>,
+    pub timeout: u64,
+    pub start: u64,
+    pub waited: Arc<AtomicU64>,
+}
+
+impl CallClock {
+    pub fn now(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    pub fn begin(&mut self) {
+        self.start = self.now();
+        self.waited.store(0, Ordering::Relaxed);
+    }
+
+    /// Ticks of guest time left in this call (0: the budget is spent).
+    pub fn left(&self) -> u64 {
+        let used = self.now().saturating_sub(self.start).saturating_sub(self.waited.load(Ordering::Relaxed));
+        self.timeout.saturating_sub(used)
+    }
+}
+
+/// Runs `f` as host time: its ticks are given back to the call's budget.
+pub fn host_time<R>(waited: &AtomicU64, ticks: &AtomicU64, f: impl FnOnce() -> R) -> R {
+    let t0 = ticks.load(Ordering::Relaxed);
+    let r = f();
+    let dt = ticks.load(Ordering::Relaxed).saturating_sub(t0);
+    if dt > 0 {
+        waited.fetch_add(dt, Ordering::Relaxed);
+    }
+    r
+}
+
+pub struct State {
+    /// The Python object whose methods answer the chunkd imports
+    /// (chunkd.host.native_instance.NativeHost).
+    pub host: std::sync::Arc<Py<PyAny>>,
+    pub clock: CallClock,
+    pub limits: StoreLimits,
+    pub wasi: Option<WasiCtx>,
+    pub table: ResourceTable,
+    /// A Python exception raised by a host callback, kept to explain the trap it caused.
+    pub host_error: Option<String>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: self.wasi.as_mut().expect("a component store has a WASI context"),
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The epoch callback: interrupt once the call's guest time is spent, else
+/// sleep until it could be.
+pub fn on_deadline(ctx: StoreContextMut<'_, State>) -> wasmtime::Result<UpdateDeadline> {
+    let left = ctx.data().clock.left();
+    if left == 0 {
+        Ok(UpdateDeadline::Interrupt)
+    } else {
+        Ok(UpdateDeadline::Continue(left))
+    }
+}

@@ -1,0 +1,25 @@
+//! The WIT names of wit/streams.wit that the native host links and calls
+//! (chunkd/host/wit.py holds the same names for Python).
+
+pub const TYPES_IFACE: &str = "chunkd:streams/types@0.1.0";
+pub const BLOBS_IFACE: &str = "chunkd:streams/blobs@0.1.0";
+pub const HANDLER_IFACE: &str = "chunkd:streams/chunked-stream-handler@0.1.0";
+pub const EVENTS_IFACE: &str = "chunkd:streams/chunked-stream-events@0.1.0";
+pub const TRIGGER_IFACE: &str = "chunkd:streams/trigger@0.1.0";
+
+pub const CONSUMER: &str = "consumer";
+pub const CONSUMER_WITH_EVENTS: &str = "consumer-with-events";
+
+/// (interface, function, WIT signature) of every component export chunkd calls;
+/// the events interface is optional.
+pub const COMPONENT_EXPORTS: &[(&str, &str, &str)] = &[
+    (HANDLER_IFACE, "handle-chunk", "(borrow<resource>, u64, u64, u64, list<u8>) -> (bool)"),
+    (TRIGGER_IFACE, "invoke", "(list<string>) -> (result<string, string>)"),
+    (EVENTS_IFACE, "stream-ended", "(u64, variant { completed, cancelled, failed(string) }) -> ()"),
+];
+
+// the core-module (canonical ABI) names of the same exports
+pub const EXPORT_INVOKE: &str = "chunkd:streams/trigger@0.1.0#invoke";
+pub const EXPORT_HANDLE: &str = "chunkd:streams/chunked-stream-handler@0.1.0#handle-chunk";
+pub const EXPORT_ENDED: &str = "chunkd:streams/chunked-stream-events@0.1.0#stream-ended";
+pub const WASI_P1: &str = "wasi_snapshot_preview1";
