@@ -22,10 +22,18 @@ GUESTS = ROOT / "build" / "guests"
 WAT = Path(__file__).resolve().parent / "wat"
 
 
+@pytest.fixture
+def buffered_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """File chunks go through the budgeted read-ahead (as a remote source's do), not the
+    native core's direct reads: for tests of the budget, the producers and their ends."""
+    from chunkd.host.native_instance import NativeInstance
+    monkeypatch.setattr(NativeInstance, "direct_reads", False)
+
+
 @pytest.fixture(scope="session")
 def guests() -> dict[str, Path]:
     names = ("sha256", "cancel_after", "probe", "hostile", "touch", "core_probe",
-             "sha256_js", "linecount_js", "probe_js", "sha256_c_core", "sha256_c")
+             "sha256_js", "linecount_js", "probe_js", "sha256_c_core", "sha256_c", "core_probe_c")
     if not all((GUESTS / f"{n}.wasm").exists() for n in names):
         subprocess.run([str(ROOT / "scripts" / "build-guests")], check=True)
     return {n: GUESTS / f"{n}.wasm" for n in names}

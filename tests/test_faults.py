@@ -112,7 +112,7 @@ async def test_jobs_queue_for_a_single_instance(harness, blobs: Path) -> None:
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
 
 
-async def test_backpressure_keeps_buffered_bytes_under_budget(harness, blobs: Path) -> None:
+async def test_backpressure_keeps_buffered_bytes_under_budget(harness, blobs: Path, buffered_files: None) -> None:
     for i in range(4):
         make_blob(blobs, f"b{i}.bin", 3 * 1024 * 1024, seed=i)
     budget = 256 * 1024

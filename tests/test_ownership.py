@@ -100,7 +100,7 @@ async def test_a_bug_in_the_delivery_loop_fails_the_job_and_the_daemon_goes_on(
         assert ended(h.out(again), 2) == [f"ended 2 completed {hashlib.sha256(data).hexdigest()}"]
 
 
-async def test_shutdown_mid_stream_returns_every_byte_and_task(harness, blobs: Path) -> None:
+async def test_shutdown_mid_stream_returns_every_byte_and_task(harness, blobs: Path, buffered_files: None) -> None:
     make_blob(blobs, "a.bin", 2_000_000)
     async with harness(components={"probe": {"max_bytes_per_second": "500KiB", "prefetch_chunks": 4}}) as h:
         job = h.runtime.submit("probe", ["open s local a.bin", "start s 65536 1"])
@@ -140,7 +140,7 @@ async def test_replaced_instances_are_freed(harness, blobs: Path) -> None:
         assert len(alive) <= 6, [i.label for i in alive]
 
 
-async def test_a_cancelled_producer_is_not_kept_with_the_job(harness, blobs: Path) -> None:
+async def test_a_cancelled_producer_is_not_kept_with_the_job(harness, blobs: Path, buffered_files: None) -> None:
     # a cancelled task keeps its CancelledError, whose traceback keeps the producer's
     # frame and its last read (a whole chunk or range); the soak saw ~1 MiB leak per
     # cancelled job while finished jobs stayed in memory holding their producer tasks

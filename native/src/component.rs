@@ -61,13 +61,17 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         })?;
         types.func_wrap(
             "[method]input-stream.read",
-            |mut store, (this, len): (Resource<InputStream>, u64)| -> wasmtime::Result<(Result<Vec<u8>, StreamError>,)> {
+            |mut store,
+             (this, len): (Resource<InputStream>, u64)|
+             -> wasmtime::Result<(Result<Vec<u8>, StreamError>,)> {
                 Ok((host::read(store.data_mut(), this.rep(), len)?.map_err(StreamError::from),))
             },
         )?;
         types.func_wrap(
             "[method]input-stream.start-chunking-read",
-            |mut store, (this, chunk, cid): (Resource<InputStream>, u64, u64)| -> wasmtime::Result<(Result<(), StreamError>,)> {
+            |mut store,
+             (this, chunk, cid): (Resource<InputStream>, u64, u64)|
+             -> wasmtime::Result<(Result<(), StreamError>,)> {
                 Ok((host::start_chunking(store.data_mut(), this.rep(), chunk, cid)?.map_err(StreamError::from),))
             },
         )?;
@@ -76,7 +80,9 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         let mut blobs = l.instance(wit::BLOBS_IFACE)?;
         blobs.func_wrap(
             "open",
-            |mut store, (container, name): (String, String)| -> wasmtime::Result<(Result<Resource<InputStream>, StreamError>,)> {
+            |mut store,
+             (container, name): (String, String)|
+             -> wasmtime::Result<(Result<Resource<InputStream>, StreamError>,)> {
                 let r = host::open(store.data_mut(), &container, &name)?;
                 Ok((r.map(Resource::new_own).map_err(StreamError::from),))
             },
@@ -87,8 +93,11 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
 
 /// WASI 0.2 locked down: no preopens, no environment, no arguments, no network,
 /// no stdin; stdout and stderr become guest output.
-pub fn wasi_ctx(host: Arc<Py<PyAny>>, waited: Arc<std::sync::atomic::AtomicU64>,
-                ticks: Arc<std::sync::atomic::AtomicU64>) -> WasiCtx {
+pub fn wasi_ctx(
+    host: Arc<Py<PyAny>>,
+    waited: Arc<std::sync::atomic::AtomicU64>,
+    ticks: Arc<std::sync::atomic::AtomicU64>,
+) -> WasiCtx {
     let out = GuestOut { fd: 1, host: host.clone(), waited: waited.clone(), ticks: ticks.clone() };
     let err = GuestOut { fd: 2, host, waited, ticks };
     WasiCtxBuilder::new().stdout(out).stderr(err).allow_ip_name_lookup(false).allow_tcp(false).allow_udp(false).build()

@@ -26,7 +26,10 @@ pub const BORROW_BIT: u32 = 1 << 30;
 const I32: ValType = ValType::I32;
 const I64: ValType = ValType::I64;
 
-fn imports_allowed() -> Vec<((&'static str, &'static str), Vec<ValType>, Vec<ValType>)> {
+/// ((module, name), params, results) of an import a core guest may have.
+type ImportSig = ((&'static str, &'static str), Vec<ValType>, Vec<ValType>);
+
+fn imports_allowed() -> Vec<ImportSig> {
     vec![
         ((wit::BLOBS_IFACE, "open"), vec![I32, I32, I32, I32, I32], vec![]),
         ((wit::TYPES_IFACE, "[method]input-stream.size"), vec![I32, I32], vec![]),
@@ -66,7 +69,11 @@ pub fn check_and_link(engine: &Engine, label: &str, module: Module) -> Result<Gu
         let want = core_sig(p, r);
         let got = extern_func_sig(&imp.ty()).unwrap_or_else(|| "not a function".into());
         if got != want {
-            return Err(format!("{label}: core import {}/{} has type {got}, expected {want}", imp.module(), imp.name()));
+            return Err(format!(
+                "{label}: core import {}/{} has type {got}, expected {want}",
+                imp.module(),
+                imp.name()
+            ));
         }
         imports.push(format!("{}/{}", imp.module(), imp.name()));
     }
@@ -147,7 +154,8 @@ fn check_span(caller: &mut Caller<'_, State>, ptr: u32, n: u32) -> wasmtime::Res
 }
 
 fn string(caller: &mut Caller<'_, State>, ptr: u32, n: u32) -> wasmtime::Result<String> {
-    String::from_utf8(get(caller, ptr, n)?).map_err(|_| wasmtime::format_err!("guest passed a string that is not UTF-8"))
+    String::from_utf8(get(caller, ptr, n)?)
+        .map_err(|_| wasmtime::format_err!("guest passed a string that is not UTF-8"))
 }
 
 fn alloc(caller: &mut Caller<'_, State>, n: u32, align: u32) -> wasmtime::Result<u32> {

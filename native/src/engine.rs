@@ -32,7 +32,6 @@ impl Clock {
         Ok(Clock { ticks, stop, thread: Some(thread) })
     }
 
-
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -79,12 +79,18 @@ pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>)
     };
     let cached = cache_dir.map(|d| cache_path(engine, d, &bytes));
     let core = is_core(&bytes);
-    // a serialized artifact is only ever one this engine wrote (same compatibility hash)
+    // a serialized artifact is only ever one this engine wrote (same compatibility hash);
+    // it is read into memory, not mapped: a cache file truncated under a running daemon
+    // cannot fault its code pages
     let from_cache = |p: &Path| -> bool { p.is_file() };
     if core {
         let mut hit = false;
         let module = match cached.as_deref().filter(|p| from_cache(p)) {
-            Some(p) => match unsafe { Module::deserialize_file(engine, p) } {
+            Some(p) => match fs::read(p)
+                .and_then(|b| Ok(unsafe { Module::deserialize(engine, b) }))
+                .map_err(wasmtime::Error::from)
+                .and_then(|r| r)
+            {
                 Ok(m) => {
                     hit = true;
                     m
@@ -99,7 +105,11 @@ pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>)
     } else {
         let mut hit = false;
         let comp = match cached.as_deref().filter(|p| from_cache(p)) {
-            Some(p) => match unsafe { Component::deserialize_file(engine, p) } {
+            Some(p) => match fs::read(p)
+                .and_then(|b| Ok(unsafe { Component::deserialize(engine, b) }))
+                .map_err(wasmtime::Error::from)
+                .and_then(|r| r)
+            {
                 Ok(c) => {
                     hit = true;
                     c
@@ -226,9 +236,9 @@ fn check_component(engine: &Engine, label: &str, comp: Component) -> Result<Gues
         return Err(format!("{label}: imports {imp:?}, which chunkd does not provide"));
     }
     let linker = crate::component::linker(engine).map_err(|e| format!("{label}: {}", first_line(&e)))?;
-    let pre = linker.instantiate_pre(&comp).map_err(|e| {
-        format!("{label}: cannot be linked: {e:#}").lines().next().unwrap_or_default().to_string()
-    })?;
+    let pre = linker
+        .instantiate_pre(&comp)
+        .map_err(|e| format!("{label}: cannot be linked: {e:#}").lines().next().unwrap_or_default().to_string())?;
     Ok(Guest {
         code: Code::Component { pre },
         world: if has_events { wit::CONSUMER_WITH_EVENTS } else { wit::CONSUMER },
@@ -253,5 +263,56 @@ pub fn extern_func_sig(t: &ExternType) -> Option<String> {
             Some(core_sig(&p, &r))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        crate::engine::make_engine().unwrap()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn binaries_are_told_apart_by_their_header() {
+        assert!(is_core(b"\0asm\x01\x00\x00\x00"));
+        assert!(!is_core(b"\0asm\x0d\x00\x01\x00"));
+        assert!(!is_core(b"\0as"));
+    }
+
+    #[test]
+    fn a_core_consumer_loads_and_a_wrong_export_type_is_named() {
+        let dir = std::env::temp_dir().join(format!("chunkd-native-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let good = r#"(module
+            (memory (export "memory") 1)
+            (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 16))
+            (func (export "chunkd:streams/trigger@0.1.0#invoke") (param i32 i32) (result i32) (i32.const 0))
+            (func (export "chunkd:streams/chunked-stream-handler@0.1.0#handle-chunk")
+              (param i32 i64 i64 i64 i32 i32) (result i32) (i32.const 1)))"#;
+        let g = load(&engine(), "good", &write(&dir, "good.wat", good), None).unwrap();
+        assert_eq!((g.kind(), g.world, g.has_events), ("core", wit::CONSUMER, false));
+        let bad = good.replace("(param i32 i64 i64 i64 i32 i32)", "(param i32 i64 i64 i64 i64 i32)");
+        let err = load(&engine(), "bad", &write(&dir, "bad.wat", &bad), None).err().unwrap();
+        assert!(err.contains("handle-chunk has type (i32, i64, i64, i64, i64, i32) -> (i32)"), "{err}");
+        let wasi = good.replace("(memory", r#"(import "wasi_snapshot_preview1" "path_open" (func)) (memory"#);
+        let err = load(&engine(), "wasi", &write(&dir, "wasi.wat", &wasi), None).err().unwrap();
+        assert!(err.contains("wasi_snapshot_preview1/path_open"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_cache_key_changes_with_the_bytes() {
+        let e = engine();
+        let d = Path::new("/tmp");
+        assert_ne!(cache_path(&e, d, b"a"), cache_path(&e, d, b"b"));
+        assert_eq!(cache_path(&e, d, b"a"), cache_path(&e, d, b"a"));
     }
 }

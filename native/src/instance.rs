@@ -45,7 +45,7 @@ impl Fault {
 
 enum Live {
     Component { store: Store<State>, handle: Func, invoke: Func, ended: Option<Func> },
-    Core { store: Store<State>, ex: CoreExports },
+    Core { store: Store<State>, ex: Box<CoreExports> },
 }
 
 /// One chunk's bytes: held by Python (a bytes object kept alive for the call), or
@@ -236,20 +236,29 @@ impl Inner {
             Live::Component { store, handle, .. } => {
                 begin(store, timeout);
                 let f = handle.typed::<(Resource<InputStream>, u64, u64, u64, &[u8]), (bool,)>(&*store);
-                match f.and_then(|f| f.call(&mut *store, (Resource::new_borrow(it.handle), it.cid, it.current, it.total, data))) {
+                match f.and_then(|f| {
+                    f.call(&mut *store, (Resource::new_borrow(it.handle), it.cid, it.current, it.total, data))
+                }) {
                     Ok((b,)) => Ok(b),
                     Err(e) => Err(reason_of(&e, store.data_mut())),
                 }
             }
             Live::Core { store, ex } => {
                 begin(store, timeout);
-                let r = core_handle(store, ex, it.handle, it.cid, it.current, it.total, |store, ex, n| {
-                    let p = ex.realloc.call(&mut *store, (0, 0, 1, n as i32))? as u32;
-                    let mem = ex.memory.data_mut(&mut *store);
-                    let dst = mem.get_mut(p as usize..p as usize + data.len()).ok_or_else(|| span_err(p.into(), n))?;
-                    dst.copy_from_slice(data);
-                    Ok(Ok(p))
-                }, data.len() as u64);
+                let r = core_handle(
+                    store,
+                    ex,
+                    (it.handle, it.cid, it.current, it.total),
+                    |store, ex, n| {
+                        let p = ex.realloc.call(&mut *store, (0, 0, 1, n as i32))? as u32;
+                        let mem = ex.memory.data_mut(&mut *store);
+                        let dst =
+                            mem.get_mut(p as usize..p as usize + data.len()).ok_or_else(|| span_err(p.into(), n))?;
+                        dst.copy_from_slice(data);
+                        Ok(Ok(p))
+                    },
+                    data.len() as u64,
+                );
                 match r {
                     Ok(Step::Answered(b)) => Ok(b),
                     Ok(Step::Source(_)) => unreachable!("bytes are never short"),
@@ -261,7 +270,15 @@ impl Inner {
     }
 
     /// One handle-chunk call whose `n` bytes the instance reads from `fd` at `offset`.
-    fn call_direct(&mut self, timeout: u64, it: &Item, chunk: u64, fd: i32, offset: u64, n: u64) -> Result<Step, Fault> {
+    fn call_direct(
+        &mut self,
+        timeout: u64,
+        it: &Item,
+        chunk: u64,
+        fd: i32,
+        offset: u64,
+        n: u64,
+    ) -> Result<Step, Fault> {
         self.tick_panic();
         let mut buf = std::mem::take(&mut self.buf);
         let live = self.live()?;
@@ -271,14 +288,18 @@ impl Inner {
                     buf.resize(n as usize, 0);
                 }
                 let st = store.data();
-                let got = host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, &mut buf[..n as usize], offset));
+                let got =
+                    host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, &mut buf[..n as usize], offset));
                 if let Some(e) = read_error(got, offset, n) {
                     Ok(Step::Source(e))
                 } else {
                     begin(store, timeout);
                     let f = handle.typed::<(Resource<InputStream>, u64, u64, u64, &[u8]), (bool,)>(&*store);
                     match f.and_then(|f| {
-                        f.call(&mut *store, (Resource::new_borrow(it.handle), it.cid, chunk, it.total, &buf[..n as usize]))
+                        f.call(
+                            &mut *store,
+                            (Resource::new_borrow(it.handle), it.cid, chunk, it.total, &buf[..n as usize]),
+                        )
                     }) {
                         Ok((b,)) => Ok(Step::Answered(b)),
                         Err(e) => Err(reason_of(&e, store.data_mut())),
@@ -287,17 +308,24 @@ impl Inner {
             }
             Live::Core { store, ex } => {
                 begin(store, timeout);
-                let r = core_handle(store, ex, it.handle, it.cid, chunk, it.total, |store, ex, n| {
-                    let p = ex.realloc.call(&mut *store, (0, 0, 1, n as i32))? as u32;
-                    let (waited, ticks) = (store.data().clock.waited.clone(), store.data().clock.ticks.clone());
-                    let mem = ex.memory.data_mut(&mut *store);
-                    let dst = mem.get_mut(p as usize..p as usize + n as usize).ok_or_else(|| span_err(p.into(), n))?;
-                    let got = host_time(&waited, &ticks, || pread_full(fd, dst, offset));
-                    Ok(match read_error(got, offset, n) {
-                        None => Ok(p),
-                        Some(e) => Err(e),
-                    })
-                }, n);
+                let r = core_handle(
+                    store,
+                    ex,
+                    (it.handle, it.cid, chunk, it.total),
+                    |store, ex, n| {
+                        let p = ex.realloc.call(&mut *store, (0, 0, 1, n as i32))? as u32;
+                        let (waited, ticks) = (store.data().clock.waited.clone(), store.data().clock.ticks.clone());
+                        let mem = ex.memory.data_mut(&mut *store);
+                        let dst =
+                            mem.get_mut(p as usize..p as usize + n as usize).ok_or_else(|| span_err(p.into(), n))?;
+                        let got = host_time(&waited, &ticks, || pread_full(fd, dst, offset));
+                        Ok(match read_error(got, offset, n) {
+                            None => Ok(p),
+                            Some(e) => Err(e),
+                        })
+                    },
+                    n,
+                );
                 r.map_err(|e| reason_of(&e, store.data_mut()))
             }
         };
@@ -305,8 +333,17 @@ impl Inner {
         r.map_err(|f| self.fail(f))
     }
 
-    fn run_batch(&mut self, timeout: u64, halt: &AtomicBool, items: &[Item], fresh: bool) -> (Vec<CallResult>, Option<Fault>) {
-        let mut out: Vec<CallResult> = Vec::with_capacity(items.len());
+    /// Runs the batch, pushing one CallResult per item reached onto `out` as it goes (a
+    /// run's entry is pushed first and counts its calls as they return), so that what was
+    /// delivered before a panic is still known.
+    fn run_batch(
+        &mut self,
+        timeout: u64,
+        halt: &AtomicBool,
+        items: &[Item],
+        fresh: bool,
+        out: &mut Vec<CallResult>,
+    ) -> Option<Fault> {
         if fresh {
             self.stopped.clear();
         }
@@ -323,20 +360,25 @@ impl Inner {
                     let data = unsafe { std::slice::from_raw_parts(*ptr as *const u8, *len) };
                     match self.call_bytes(timeout, it, data) {
                         Ok(more) => {
-                            out.push(CallResult { answer: Answer::Bool(more), made: 1, seconds: t0.elapsed().as_secs_f64() });
+                            out.push(CallResult {
+                                answer: Answer::Bool(more),
+                                made: 1,
+                                seconds: t0.elapsed().as_secs_f64(),
+                            });
                             if !more {
                                 self.stopped.insert(it.handle);
                             }
                         }
-                        Err(f) => return (out, Some(f)),
+                        Err(f) => return Some(f),
                     }
                 }
                 Data::Run(run) => {
                     if run.hint_length > 0 {
                         advise(run.fd, run.hint_offset, run.hint_length);
                     }
+                    out.push(CallResult { answer: Answer::Nothing, made: 0, seconds: 0.0 });
+                    let slot = out.len() - 1;
                     let mut answer = Answer::Nothing;
-                    let mut made = 0u64;
                     let mut fault = None;
                     for j in 0..run.count {
                         if halt.load(Ordering::Relaxed) {
@@ -347,7 +389,7 @@ impl Inner {
                         let offset = run.offset + j * run.chunk_size;
                         match self.call_direct(timeout, it, it.current + j, run.fd, offset, n) {
                             Ok(Step::Answered(b)) => {
-                                made += 1;
+                                out[slot].made += 1;
                                 answer = Answer::Bool(b);
                                 if !b {
                                     break;
@@ -365,9 +407,10 @@ impl Inner {
                         }
                     }
                     let stop = matches!(answer, Answer::Bool(false) | Answer::SourceError(_));
-                    out.push(CallResult { answer, made, seconds: t0.elapsed().as_secs_f64() });
+                    out[slot].answer = answer;
+                    out[slot].seconds = t0.elapsed().as_secs_f64();
                     if fault.is_some() {
-                        return (out, fault);
+                        return fault;
                     }
                     if stop {
                         self.stopped.insert(it.handle);
@@ -375,19 +418,19 @@ impl Inner {
                 }
             }
         }
-        (out, None)
+        None
     }
 }
 
 /// handle-chunk on a core guest: `fill` puts the chunk's `n` bytes into guest memory
 /// (returning their pointer, or a source error), then the call and its post-return.
+/// (stream handle, correlation-id, current-chunk, total-chunks) of one handle-chunk call.
+type At = (u32, u64, u64, u64);
+
 fn core_handle(
     store: &mut Store<State>,
     ex: &CoreExports,
-    handle: u32,
-    cid: u64,
-    current: u64,
-    total: u64,
+    (handle, cid, current, total): At,
     fill: impl FnOnce(&mut Store<State>, &CoreExports, u64) -> wasmtime::Result<Result<u32, String>>,
     n: u64,
 ) -> wasmtime::Result<Step> {
@@ -395,7 +438,10 @@ fn core_handle(
         Ok(p) => p,
         Err(e) => return Ok(Step::Source(e)),
     };
-    let r = ex.handle.call(&mut *store, ((handle | BORROW_BIT) as i32, cid as i64, current as i64, total as i64, p as i32, n as i32))?;
+    let r = ex.handle.call(
+        &mut *store,
+        ((handle | BORROW_BIT) as i32, cid as i64, current as i64, total as i64, p as i32, n as i32),
+    )?;
     if let Some(post) = &ex.post_handle {
         post.call(&mut *store, r)?;
     }
@@ -453,9 +499,21 @@ fn raise(f: Fault) -> PyErr {
 }
 
 impl Instance {
-    pub fn new(guest: Arc<Guest>, host: Py<PyAny>, ticks: Arc<AtomicU64>, memory_bytes: usize, timeout_ticks: u64) -> Instance {
+    pub fn new(
+        guest: Arc<Guest>,
+        host: Py<PyAny>,
+        ticks: Arc<AtomicU64>,
+        memory_bytes: usize,
+        timeout_ticks: u64,
+    ) -> Instance {
         Instance {
-            inner: Mutex::new(Inner { live: None, buf: Vec::new(), stopped: HashSet::new(), broken: None, panic_after: None }),
+            inner: Mutex::new(Inner {
+                live: None,
+                buf: Vec::new(),
+                stopped: HashSet::new(),
+                broken: None,
+                panic_after: None,
+            }),
             halt: Arc::new(AtomicBool::new(false)),
             guest,
             host: Arc::new(host),
@@ -466,7 +524,11 @@ impl Instance {
     }
 
     /// Runs `f` on the locked instance, without the GIL, catching panics.
-    fn with_inner<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Inner) -> Result<R, Fault> + Send) -> PyResult<R> {
+    fn with_inner<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Inner) -> Result<R, Fault> + Send,
+    ) -> PyResult<R> {
         let r = py.allow_threads(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let inner = &mut *guard;
@@ -547,7 +609,11 @@ impl Instance {
                         } else {
                             None
                         },
-                        ended: if self.guest.has_events { Some(inst.get_typed_func(&mut *s, wit::EXPORT_ENDED)?) } else { None },
+                        ended: if self.guest.has_events {
+                            Some(inst.get_typed_func(&mut *s, wit::EXPORT_ENDED)?)
+                        } else {
+                            None
+                        },
                     })
                 };
                 let ex = match bind() {
@@ -560,7 +626,7 @@ impl Instance {
                         return Err(fail(e, &mut store));
                     }
                 }
-                Live::Core { store, ex }
+                Live::Core { store, ex: Box::new(ex) }
             }
         };
         inner.live = Some(live);
@@ -575,7 +641,9 @@ fn core_invoke(store: &mut Store<State>, ex: &CoreExports, args: &[String]) -> w
         let b = a.as_bytes();
         let p = ex.realloc.call(&mut *store, (0, 0, 1, b.len() as i32))? as u32;
         let mem = ex.memory.data_mut(&mut *store);
-        mem.get_mut(p as usize..p as usize + b.len()).ok_or_else(|| span_err(p.into(), b.len() as u64))?.copy_from_slice(b);
+        mem.get_mut(p as usize..p as usize + b.len())
+            .ok_or_else(|| span_err(p.into(), b.len() as u64))?
+            .copy_from_slice(b);
         let slot = arr as usize + 8 * i;
         let rec = mem.get_mut(slot..slot + 8).ok_or_else(|| span_err(slot as u64, 8))?;
         rec[..4].copy_from_slice(&p.to_le_bytes());
@@ -591,12 +659,16 @@ fn core_invoke(store: &mut Store<State>, ex: &CoreExports, args: &[String]) -> w
     let sp = u32::from_le_bytes(rec[4..8].try_into().unwrap()) as usize;
     let sn = u32::from_le_bytes(rec[8..12].try_into().unwrap()) as usize;
     let text = mem.get(sp..sp + sn).ok_or_else(|| span_err(sp as u64, sn as u64))?;
-    let text = String::from_utf8(text.to_vec()).map_err(|_| wasmtime::format_err!("guest passed a string that is not UTF-8"))?;
+    let text = String::from_utf8(text.to_vec())
+        .map_err(|_| wasmtime::format_err!("guest passed a string that is not UTF-8"))?;
     if let Some(post) = &ex.post_invoke {
         post.call(&mut *store, ret as i32)?;
     }
     Ok((disc == 0, text))
 }
+
+/// A batch's results and the (kind, reason) of the fault that stopped it.
+type BatchOut = (Vec<CallResult>, Option<(String, String)>);
 
 #[pymethods]
 impl Instance {
@@ -648,29 +720,36 @@ impl Instance {
     /// Several handle-chunk calls in order, in one native call: a bytes item is one
     /// call, a run one call per chunk (read from its fd here). Returns one CallResult
     /// per item reached and the fault that stopped the batch, if any.
-    fn run_batch(&self, py: Python<'_>, items: &Bound<'_, PyList>, fresh: bool) -> PyResult<(Vec<CallResult>, Option<(String, String)>)> {
+    fn run_batch(&self, py: Python<'_>, items: &Bound<'_, PyList>, fresh: bool) -> PyResult<BatchOut> {
         let (items, keep) = extract_items(py, items)?;
         let timeout = self.timeout_ticks;
         let halt = self.halt.clone();
         let r = py.allow_threads(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let inner = &mut *guard;
-            match catch_unwind(AssertUnwindSafe(|| inner.run_batch(timeout, &halt, &items, fresh))) {
-                Ok(r) => r,
+            let mut out = Vec::with_capacity(items.len());
+            match catch_unwind(AssertUnwindSafe(|| inner.run_batch(timeout, &halt, &items, fresh, &mut out))) {
+                Ok(fault) => (out, fault),
                 Err(p) => {
                     let text = panic_text(p);
                     inner.broken = Some(format!("panic: {text}"));
                     inner.live = None;
-                    (Vec::new(), Some(Fault::Panic(text)))
+                    if let Some(last) = out.last_mut() {
+                        last.answer = Answer::Nothing; // the item the panic stopped in
+                    }
+                    (out, Some(Fault::Panic(text)))
                 }
             }
         });
         drop(keep);
         let (results, fault) = r;
-        Ok((results, fault.map(|f| {
-            let (k, r) = f.parts();
-            (k.to_string(), r)
-        })))
+        Ok((
+            results,
+            fault.map(|f| {
+                let (k, r) = f.parts();
+                (k.to_string(), r)
+            }),
+        ))
     }
 
     /// stream-ended(correlation-id, end): kind 0 completed, 1 cancelled, 2 failed(reason).
@@ -726,5 +805,33 @@ impl Instance {
             inner.panic_after = Some(calls);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn direct_reads_are_exact_or_say_why() {
+        let mut f = tempfile_with(b"0123456789");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let mut buf = [0u8; 4];
+        assert_eq!(read_error(pread_full(fd, &mut buf, 3), 3, 4), None);
+        assert_eq!(&buf, b"3456");
+        let short = read_error(pread_full(fd, &mut buf, 8), 8, 4).unwrap();
+        assert_eq!(short, "blob changed size: got 2 bytes at offset 8, expected 4");
+        let bad = read_error(pread_full(-1, &mut buf, 0), 0, 4).unwrap();
+        assert!(bad.starts_with("read failed at offset 0: "), "{bad}");
+        f.flush().unwrap();
+    }
+
+    fn tempfile_with(data: &[u8]) -> std::fs::File {
+        let p = std::env::temp_dir().join(format!("chunkd-native-read-{}", std::process::id()));
+        std::fs::write(&p, data).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let _ = std::fs::remove_file(&p);
+        f
     }
 }

@@ -71,7 +71,9 @@ impl Engine {
         let engine = self.engine.clone();
         let cache = self.cache_dir.clone();
         let r = py.allow_threads(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guest::load(&engine, &label, &path, cache.as_deref())))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                guest::load(&engine, &label, &path, cache.as_deref())
+            }))
         });
         match r {
             Ok(Ok(g)) => Ok(Guest { inner: Arc::new(g) }),
@@ -112,8 +114,8 @@ impl Guest {
         self.inner.imports.clone()
     }
     /// Whether the compiled code came from the compile cache.
-    #[getter]
-    fn from_cache(&self) -> bool {
+    #[getter(from_cache)]
+    fn cached(&self) -> bool {
         self.inner.from_cache
     }
 }

@@ -61,10 +61,7 @@ pub struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: self.wasi.as_mut().expect("a component store has a WASI context"),
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: self.wasi.as_mut().expect("a component store has a WASI context"), table: &mut self.table }
     }
 }
 
@@ -76,5 +73,24 @@ pub fn on_deadline(ctx: StoreContextMut<'_, State>) -> wasmtime::Result<UpdateDe
         Ok(UpdateDeadline::Interrupt)
     } else {
         Ok(UpdateDeadline::Continue(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_time_is_given_back_to_the_call() {
+        let ticks = Arc::new(AtomicU64::new(100));
+        let mut c = CallClock { ticks: ticks.clone(), timeout: 50, start: 0, waited: Arc::new(AtomicU64::new(0)) };
+        c.begin();
+        ticks.store(130, Ordering::Relaxed); // 30 ticks of guest time
+        assert_eq!(c.left(), 20);
+        let w = c.waited.clone();
+        host_time(&w, &ticks, || ticks.store(170, Ordering::Relaxed)); // 40 ticks in the host
+        assert_eq!(c.left(), 20);
+        ticks.store(200, Ordering::Relaxed);
+        assert_eq!(c.left(), 0);
     }
 }

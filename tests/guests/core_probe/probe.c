@@ -9,7 +9,8 @@
  *             "quiet": only touch every byte (benchmarks),
  *             "receive": only receive the bytes, no pass over them (benchmarks: the data
  *             path alone, as PERF-BASELINE's minimal guests measured it),
- *             "trapat" / "loopat": log, and trap / loop forever at chunk STOP_AT
+ *             "trapat" / "loopat": log, and trap / loop forever at chunk STOP_AT,
+ *             "bombat": log, and grow memory without end at chunk STOP_AT (a memory bomb)
  *   ["read", CONTAINER, NAME, LEN]   pull LEN bytes, log "read N HASH" or the error
  *   ["again", CID, CHUNK]            start-chunking-read again on the last stream
  *   ["many", CONTAINER, NAME, CHUNK, COUNT]  COUNT quiet streams of one blob (cids 0..COUNT-1)
@@ -103,7 +104,7 @@ static int64_t num(str_t a) {
 static struct { int64_t cid; int64_t stop_at; uint32_t hash; int used; } st[MAXS];
 static int quiet = 0;
 static int touch = 1;  /* quiet mode: pass over every byte ("receive": no) */
-static int64_t trap_at = -1, loop_at = -1;
+static int64_t trap_at = -1, loop_at = -1, bomb_at = -1;
 static int32_t last_handle = -1;
 static uint64_t touched = 0;
 
@@ -184,6 +185,7 @@ void *invoke(str_t *args, size_t n) {
   touch = !eq(args[5], "receive");
   trap_at = eq(args[5], "trapat") ? num(args[4]) : -1;
   loop_at = eq(args[5], "loopat") ? num(args[4]) : -1;
+  bomb_at = eq(args[5], "bombat") ? num(args[4]) : -1;
   blobs_open(args[0].ptr, args[0].len, args[1].ptr, args[1].len, ret);
   if (ret[0]) { puts_("open"); log_err(ret + 4); puts_("\n"); return ret_ok("open failed"); }
   int32_t h = *(int32_t *)(ret + 4);
@@ -206,10 +208,12 @@ void post_invoke(void *ret) {
 
 EXPORT("chunkd:streams/chunked-stream-handler@0.1.0#handle-chunk")
 int32_t handle_chunk(int32_t stream, int64_t cid, int64_t cur, int64_t total, const uint8_t *data, size_t len) {
+  stream_drop(stream);  /* the borrow ends before the call does (componentized, the canonical ABI requires it) */
   int s = slot(cid);
   if (cur == trap_at) __builtin_trap();
   if (cur == loop_at) { volatile int x = 1; while (x) {} }
-  int more = st[s].stop_at < 0 || cur < st[s].stop_at || trap_at >= 0 || loop_at >= 0;
+  if (cur == bomb_at) for (;;) if (__builtin_wasm_memory_grow(0, 256) == (size_t)-1) __builtin_trap();
+  int more = st[s].stop_at < 0 || cur < st[s].stop_at || trap_at >= 0 || loop_at >= 0 || bomb_at >= 0;
   if (quiet && !touch) {
     touched ^= len;  /* receive only */
   } else if (quiet) {  /* touch every byte, 8 at a time (vectorized by the compiler) */
