@@ -1,19 +1,21 @@
 """chunkd's data paths, measured side by side in one run.
 
   raw        readinto a reused buffer from page cache (the baseline)
-  stock      wasmtime-py's own component call with a list<u8> argument
-  component  chunkd's component path end to end (bench/guests/touch, componentize-py)
-  core       chunkd's core-module fast path end to end (tests/guests/core_probe, C)
+  component  chunkd's component path end to end: the C touch guest (tests/guests/core_probe)
+             componentized with jco, so the ratio to `core` measures the host, not the guest
+  component_python  the same path with the Python touch guest (bench/guests/touch, componentize-py)
+  core       chunkd's core-module path end to end (tests/guests/core_probe, C)
   core_receive  the same, the guest only receiving the bytes (no pass over them): the data
-             path alone, as PERF-BASELINE's minimal guests measured it
+             path alone
   extism     the peer: read each chunk, pass it to an Extism plugin (bench/guests/extism_touch,
              WAT) with the Extism Python SDK, as a Python user would without chunkd
-each guest touches every byte; chunk sizes 64 KiB, 1 MiB, 4 MiB. Plus: the C-API
-ceiling (the component call alone, argument prebuilt), scheduling overhead per chunk
-over 1,000 concurrent small streams, pacing error, and 1 vs 2 instance threads.
+each guest touches every byte (but core_receive); chunk sizes 64 KiB, 1 MiB, 4 MiB. Plus:
+the reference row, wasmtime-py's C-API ceiling for the component call (bench/ceiling.py:
+measured in this run when wasmtime-py is installed, else quoted), scheduling overhead per
+chunk over 1,000 concurrent small streams, pacing error, and 1 vs 2 instance threads.
 
-Every case is the best of a few runs (raw 3, component 2, C-API ceiling 3, core 5, Extism 2):
-the development machines are shared, and interference only ever slows a run down.
+Every case is the best of a few runs (raw 3, component 3, core 5, Extism 2): the
+development machines are shared, and interference only ever slows a run down.
 
 Usage: bench/run [--quick] [--json PATH]
 """
@@ -35,12 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wasmtime import _ffi as ffi  # noqa: E402
-from wasmtime.component import ListType, ResourceHost  # noqa: E402
-
+from bench import ceiling  # noqa: E402
 from chunkd.config import config_from_mapping  # noqa: E402
-from chunkd.host import values  # noqa: E402
-from chunkd.host.component_instance import STREAM_RESOURCE_ID  # noqa: E402
 from chunkd.runtime import Runtime  # noqa: E402
 
 SIZES = [64 * 1024, 1024 * 1024, 4 * 1024 * 1024]
@@ -60,19 +58,23 @@ def config(folder: Path, state: Path, comps: dict[str, dict[str, Any]], **limits
     }, file="bench")
 
 
-GUEST = {"component": str(ROOT / "build" / "guests" / "touch.wasm"),
+GUEST = {"component": str(ROOT / "build" / "guests" / "core_probe_c.wasm"),
+         "component_python": str(ROOT / "build" / "guests" / "touch.wasm"),
          "core": str(ROOT / "build" / "guests" / "core_probe.wasm")}
 
 
 def job_args(kind: str, name: str, chunk: int, mode: str = "quiet") -> list[str]:
-    return ["local", name, str(chunk)] if kind == "component" else ["local", name, str(chunk), "1", "-1", mode]
+    if kind == "component_python":
+        return ["local", name, str(chunk)]
+    return ["local", name, str(chunk), "1", "-1", mode]
 
 
 def extism_read(path: Path, chunk: int) -> float:
     """The peer: plain reads, each chunk handed to an Extism plugin that touches every byte."""
     import extism
-    from wasmtime import wat2wasm
-    wasm = bytes(wat2wasm((ROOT / "bench" / "guests" / "extism_touch" / "touch.wat").read_text()))
+
+    from chunkd import _native
+    wasm = _native.wat2wasm((ROOT / "bench" / "guests" / "extism_touch" / "touch.wat").read_text())
     plugin = extism.Plugin(wasm, wasi=False)
     size = path.stat().st_size
     t = time.perf_counter()
@@ -138,72 +140,27 @@ async def chunkd_path(rt: Runtime, kind: str, name: str, size: int, chunk: int, 
     return mbps(size, dt)
 
 
-async def on_instance(rt: Runtime, comp: str, fn: Any) -> Any:
+async def guest_call_us(rt: Runtime, comp: str, chunk: int, calls: int) -> float:
+    """The guest's own cost per handle-chunk call: one native batch of `calls` calls with
+    prepared bytes (no read, no scheduling), on an instance of `comp`."""
     pool = rt.pools[comp]
     inst = await pool.acquire()
     try:
-        return await inst._on_thread(fn, inst)
+        data = os.urandom(chunk)
+        t = time.perf_counter()
+        result = await inst.handle_chunks([(1, 0, i, 0, data) for i in range(calls)])
+        dt = time.perf_counter() - t
+        assert result.trap is None and len(result.outcomes) == calls, result.trap
+        return dt / calls * 1e6
     finally:
         pool.give_back(inst)
-
-
-def stock_calls(inst: Any, chunk: int, total_bytes: int) -> float:
-    """wasmtime-py as shipped: Func.__call__ and its per-byte list conversion."""
-    stock_to, stock_from = values.stock_conversions()
-    fast_to, fast_from = ListType.convert_to_c, ListType.convert_from_c
-    data = os.urandom(chunk)
-    n = max(1, total_bytes // chunk)
-    ListType.convert_to_c, ListType.convert_from_c = stock_to, stock_from  # type: ignore[method-assign]
-    try:
-        t = time.perf_counter()
-        for i in range(n):
-            inst._begin_call()
-            inst._call("handle-chunk", ResourceHost.borrow(1, STREAM_RESOURCE_ID), 1, i, n, data)
-        return mbps(n * chunk, time.perf_counter() - t)
-    finally:
-        ListType.convert_to_c, ListType.convert_from_c = fast_to, fast_from  # type: ignore[method-assign]
-
-
-def c_api_ceiling(inst: Any, chunk: int, total_bytes: int) -> float:
-    """wasmtime_component_func_call alone: every argument prebuilt once, reused."""
-    func = inst._funcs["handle-chunk"]
-    store = inst._store
-    p = (ffi.wasmtime_component_val_t * 5)()
-    p[0].kind = ffi.WASMTIME_COMPONENT_RESOURCE
-    p[0].of.resource = ResourceHost.borrow(1, STREAM_RESOURCE_ID).to_any(store)._consume()
-    for i in (1, 2, 3):
-        p[i].kind = ffi.WASMTIME_COMPONENT_U64
-        p[i].of.u64 = 1
-    values.lower_bytes(os.urandom(chunk), ctypes.pointer(p[4]))
-    res = ffi.wasmtime_component_val_t()
-    n = max(1, total_bytes // chunk)
-    try:
-        t = time.perf_counter()
-        for _ in range(n):
-            inst._begin_call()
-            err = ffi.wasmtime_component_func_call(ctypes.byref(func._func), store._context(), p, 5,
-                                                   ctypes.byref(res), 1)
-            assert not err, "ceiling call failed"
-            ffi.wasmtime_component_func_post_return(ctypes.byref(func._func), store._context())
-        return mbps(n * chunk, time.perf_counter() - t)
-    finally:
-        for i in (0, 4):
-            ffi.wasmtime_component_val_delete(ctypes.byref(p[i]))
-
-
-def direct_core_call_us(inst: Any, chunk: int, calls: int) -> float:
-    data = os.urandom(chunk)
-    t = time.perf_counter()
-    for i in range(calls):
-        inst._guarded("bench", inst._handle_chunk, 1, 0, i, 0, data)
-    return (time.perf_counter() - t) / calls * 1e6
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from chunkd.logging import configure_logging
     configure_logging("console", "warning", stream=sys.stderr)
     size = (64 if args.quick else 512) * MiB
-    stock_bytes = (256 * 1024) if args.quick else 2 * MiB
+    py_size = size // 8  # the Python guest's own scan is far slower than a copy
     ceiling_bytes = (16 if args.quick else 64) * MiB
     tmp = Path(tempfile.mkdtemp(prefix="chunkd-bench-"))
     folder = tmp / "blobs"
@@ -212,26 +169,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(size // (8 * MiB)):
             f.write(os.urandom(8 * MiB))
     shutil.copyfile(folder / "blob.bin", folder / "blob2.bin")
+    shutil.copyfile(folder / "blob.bin", folder / "py.bin")
+    os.truncate(folder / "py.bin", py_size)
     (folder / "small.bin").write_bytes(os.urandom(64 * 1024))
     with open(folder / "blob.bin", "rb") as f:  # into the page cache
         while f.read(8 * MiB):
             pass
     cases: list[dict[str, Any]] = []
-    ceiling: dict[str, float] = {}
+    ceiling_mbps: dict[str, float] = {}
     notes: dict[str, Any] = {}
+    measured_ceiling = ceiling.available()
 
     rt = Runtime(config(folder, tmp / "state", {
-        # the component path reads 8 chunks ahead: a batch holds at most the chunks read
-        # ahead, and with the default 2 the trip to the thread per batch (and the chunk
-        # whose list is not filled during the call before it) costs ~10% at 64 KiB (README)
-        "component": {"path": GUEST["component"], "prefetch_chunks": 8},
+        "component": {"path": GUEST["component"], "prefetch_chunks": 2},
+        "component_python": {"path": GUEST["component_python"], "prefetch_chunks": 2},
         "core": {"path": GUEST["core"], "prefetch_chunks": 2}}))
     await rt.start()
     try:
         # scheduling: 1,000 concurrent small streams (64 KiB, 4 KiB chunks) on the core path
         streams, chunk = 1000, 4096
         await rt.run("core", job_args("core", "small.bin", 4096))  # the guest in quiet mode
-        per_call_us = await on_instance(rt, "core", lambda i: direct_core_call_us(i, chunk, 4000))
+        per_call_us = await guest_call_us(rt, "core", chunk, 4000)
         peak_reset = reset_peak_rss()  # a first run compiles the components: not this case's memory
         t = time.perf_counter()
         job = await rt.run("core", ["many", "local", "small.bin", str(chunk), str(streams)])
@@ -245,26 +203,31 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                           "peak_rss_mb": round(peak_rss_kib() / 1024, 1),
                           "peak_rss_scope": "this run (VmHWM reset before it)" if peak_reset else "process lifetime"}
         for chunk in SIZES:
-            cases.append({"path": "raw", "chunk_size": chunk,
-                          "mb_per_s": round(max(raw_read(folder / "blob.bin", chunk) for _ in range(3)), 1)})
-            stock = await on_instance(rt, "component", lambda i, c=chunk: stock_calls(i, c, max(stock_bytes, c)))
-            cases.append({"path": "stock", "chunk_size": chunk, "mb_per_s": round(stock, 2),
-                          "bytes_measured": max(stock_bytes, chunk)})
-            comp = max([await chunkd_path(rt, "component", "blob.bin", size, chunk) for _ in range(2)])
-            ceil = max([await on_instance(rt, "component", lambda i, c=chunk: c_api_ceiling(i, c, ceiling_bytes))
-                        for _ in range(3)])
-            ceiling[str(chunk)] = round(ceil, 1)
+            raw = max(raw_read(folder / "blob.bin", chunk) for _ in range(3))
+            cases.append({"path": "raw", "chunk_size": chunk, "mb_per_s": round(raw, 1)})
+            comp = max([await chunkd_path(rt, "component", "blob.bin", size, chunk) for _ in range(3)])
             cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
+            pyc = max([await chunkd_path(rt, "component_python", "py.bin", py_size, chunk) for _ in range(2)])
+            cases.append({"path": "component_python", "chunk_size": chunk, "mb_per_s": round(pyc, 1),
+                          "bytes_measured": py_size})
+            if measured_ceiling:
+                loop = asyncio.get_running_loop()
+                ceil = max([await loop.run_in_executor(None, ceiling.c_api_ceiling, Path(GUEST["component_python"]),
+                                                       chunk, ceiling_bytes) for _ in range(2)])
+            else:
+                ceil = ceiling.QUOTED_MB_PER_S
+            ceiling_mbps[str(chunk)] = round(ceil, 1)
+            cases.append({"path": "c_api_ceiling", "chunk_size": chunk, "mb_per_s": round(ceil, 1),
+                          "source": "measured (wasmtime-py, this run)" if measured_ceiling else "quoted"})
             core = max([await chunkd_path(rt, "core", "blob.bin", size, chunk) for _ in range(5)])
             cases.append({"path": "core", "chunk_size": chunk, "mb_per_s": round(core, 1)})
             recv = max([await chunkd_path(rt, "core", "blob.bin", size, chunk, "receive") for _ in range(5)])
+            cases.append({"path": "core_receive", "chunk_size": chunk, "mb_per_s": round(recv, 1)})
             peer = max(extism_read(folder / "blob.bin", chunk) for _ in range(2))
             cases.append({"path": "extism", "chunk_size": chunk, "mb_per_s": round(peer, 1)})
-            cases.append({"path": "core_receive", "chunk_size": chunk, "mb_per_s": round(recv, 1)})
-            print(f"  {chunk:>8} B: raw {cases[-6]['mb_per_s']} stock {cases[-5]['mb_per_s']} ceiling {ceil:.1f} "
-                  f"component {comp:.1f} core {core:.1f} (receive-only {recv:.1f}) extism {peer:.1f} MB/s",
+            print(f"  {chunk:>8} B: raw {raw:.1f} component {comp:.1f} component_python {pyc:.1f} "
+                  f"ceiling {ceil:.1f} core {core:.1f} (receive-only {recv:.1f}) extism {peer:.1f} MB/s",
                   file=sys.stderr)
-
     finally:
         await rt.close()
 
@@ -312,7 +275,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "blob_bytes": size,
         "cases": cases,
-        "c_api_ceiling_mb_per_s": ceiling,
+        "c_api_ceiling_mb_per_s": ceiling_mbps,
+        "c_api_ceiling_source": "measured" if measured_ceiling else "quoted",
         "sched_overhead_us": round(sched_us, 1),
         "pacing_error_pct": round(pacing_error, 2),
         "threads_speedup": round(speed["component"], 2),
@@ -327,16 +291,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "core_receive_vs_raw_pct": {str(c["chunk_size"]): round(c["mb_per_s"] / next(
             e["mb_per_s"] for e in cases if e["path"] == "raw" and e["chunk_size"] == c["chunk_size"]) * 100, 1)
             for c in cases if c["path"] == "core_receive"},
+        "component_vs_raw_pct": ratio(cases, "component", "raw", 100),
+        "component_vs_ceiling_x": ratio(cases, "component", "c_api_ceiling", 1),
+        "component_python_vs_ceiling_x": ratio(cases, "component_python", "c_api_ceiling", 1),
+        "component_vs_core_pct": ratio(cases, "component", "core", 100),
         "notes": notes,
     }
     print_table(result)
     return result
 
 
+def ratio(cases: list[dict[str, Any]], a: str, b: str, scale: float) -> dict[str, float]:
+    """Per chunk size: row a's MB/s over row b's, times `scale`."""
+    out = {}
+    for c in cases:
+        if c["path"] == a:
+            other = next(e["mb_per_s"] for e in cases if e["path"] == b and e["chunk_size"] == c["chunk_size"])
+            out[str(c["chunk_size"])] = round(c["mb_per_s"] / other * scale, 2)
+    return out
+
+
 def print_table(r: dict[str, Any]) -> None:
     raw = {c["chunk_size"]: c["mb_per_s"] for c in r["cases"] if c["path"] == "raw"}
     print(f"\nchunkd data paths, {r['blob_bytes'] // MiB} MiB blob from page cache, guests touch every byte "
-          "(but core_receive's)")
+          "(but core_receive's); c_api_ceiling is a reference row")
     print(f"{'path':<14}{'chunk':>10}{'MB/s':>12}{'x raw':>9}")
     for c in r["cases"]:
         print(f"{c['path']:<14}{c['chunk_size']:>10}{c['mb_per_s']:>12.1f}{c['mb_per_s'] / raw[c['chunk_size']]:>9.3f}")
@@ -345,11 +323,10 @@ def print_table(r: dict[str, Any]) -> None:
               f"receive-only guest {r['core_receive_vs_raw_pct'][k]:5.1f}%")
     for k, ratio in r["core_vs_extism"].items():
         print(f"core path vs Extism {k:>8}: {ratio:.2f}x")
-    for k, v in r["c_api_ceiling_mb_per_s"].items():
-        comp = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "component" and str(c["chunk_size"]) == k)
-        stock = next(c["mb_per_s"] for c in r["cases"] if c["path"] == "stock" and str(c["chunk_size"]) == k)
-        print(f"C-API ceiling {k:>8}: {v:8.1f} MB/s; component path = {comp / v * 100:5.1f}% of it, "
-              f"{comp / stock:6.1f}x stock")
+    for k, pct in r["component_vs_raw_pct"].items():
+        print(f"component path vs raw {k:>8}: {pct:5.1f}%; {r['component_vs_ceiling_x'][k]:7.1f}x the C-API ceiling "
+              f"({r['c_api_ceiling_source']}); {r['component_vs_core_pct'][k]:5.1f}% of the core path; "
+              f"Python guest {r['component_python_vs_ceiling_x'][k]:.1f}x the ceiling")
     s = r["notes"]["sched"]
     print(f"scheduling overhead: {r['sched_overhead_us']} us/chunk ({s['streams']} streams, {s['chunks']} chunks, "
           f"{s['per_chunk_total_us']} us total - {s['guest_call_us']} us guest call); peak RSS {s['peak_rss_mb']} MB")

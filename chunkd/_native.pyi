@@ -4,6 +4,8 @@ from typing import Any
 
 WASMTIME_VERSION: str
 
+def wat2wasm(text: str) -> bytes: ...
+
 class LoadError(Exception):
     """A guest that cannot be loaded, or is not a chunkd consumer."""
 

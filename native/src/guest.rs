@@ -81,45 +81,30 @@ pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>)
     let core = is_core(&bytes);
     // a serialized artifact is only ever one this engine wrote (same compatibility hash);
     // it is read into memory, not mapped: a cache file truncated under a running daemon
-    // cannot fault its code pages
-    let from_cache = |p: &Path| -> bool { p.is_file() };
+    // cannot fault its code pages. One that does not load is compiled again.
+    let read = |p: &Path| -> Option<Vec<u8>> { fs::read(p).ok() };
+    let bytes_in_cache = cached.as_deref().and_then(read);
     if core {
-        let mut hit = false;
-        let module = match cached.as_deref().filter(|p| from_cache(p)) {
-            Some(p) => match fs::read(p)
-                .and_then(|b| Ok(unsafe { Module::deserialize(engine, b) }))
-                .map_err(wasmtime::Error::from)
-                .and_then(|r| r)
-            {
-                Ok(m) => {
-                    hit = true;
-                    m
-                }
-                Err(_) => compile_module(engine, label, &bytes, cached.as_deref())?,
-            },
+        // SAFETY: the bytes come from our own cache directory, written by `serialize`
+        let hit = bytes_in_cache.and_then(|b| unsafe { Module::deserialize(engine, b) }.ok());
+        let from_cache = hit.is_some();
+        let module = match hit {
+            Some(m) => m,
             None => compile_module(engine, label, &bytes, cached.as_deref())?,
         };
         let mut g = crate::core::check_and_link(engine, label, module)?;
-        g.from_cache = hit;
+        g.from_cache = from_cache;
         Ok(g)
     } else {
-        let mut hit = false;
-        let comp = match cached.as_deref().filter(|p| from_cache(p)) {
-            Some(p) => match fs::read(p)
-                .and_then(|b| Ok(unsafe { Component::deserialize(engine, b) }))
-                .map_err(wasmtime::Error::from)
-                .and_then(|r| r)
-            {
-                Ok(c) => {
-                    hit = true;
-                    c
-                }
-                Err(_) => compile_component(engine, label, &bytes, cached.as_deref())?,
-            },
+        // SAFETY: as above
+        let hit = bytes_in_cache.and_then(|b| unsafe { Component::deserialize(engine, b) }.ok());
+        let from_cache = hit.is_some();
+        let comp = match hit {
+            Some(c) => c,
             None => compile_component(engine, label, &bytes, cached.as_deref())?,
         };
         let mut g = check_component(engine, label, comp)?;
-        g.from_cache = hit;
+        g.from_cache = from_cache;
         Ok(g)
     }
 }

@@ -120,8 +120,16 @@ impl Guest {
     }
 }
 
+/// WebAssembly text to binary (the wat crate, as wasmtime parses .wat guests).
+#[pyfunction]
+fn wat2wasm<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let bin = wat::parse_str(text).map_err(|e| LoadError::new_err(e.to_string()))?;
+    Ok(pyo3::types::PyBytes::new(py, &bin))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(wat2wasm, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<Guest>()?;
     m.add_class::<instance::Instance>()?;
