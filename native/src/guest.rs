@@ -79,14 +79,14 @@ pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>)
     };
     let cached = cache_dir.map(|d| cache_path(engine, d, &bytes));
     let core = is_core(&bytes);
-    // a serialized artifact is only ever one this engine wrote (same compatibility hash);
-    // it is read into memory, not mapped: a cache file truncated under a running daemon
-    // cannot fault its code pages. One that does not load is compiled again.
-    let read = |p: &Path| -> Option<Vec<u8>> { fs::read(p).ok() };
-    let bytes_in_cache = cached.as_deref().and_then(read);
+    // a serialized artifact is only ever one this engine wrote (same compatibility hash),
+    // and is replaced only by rename (store_cache), never rewritten in place: mapping it
+    // (deserialize_file) keeps only the code pages a guest runs resident. One that does
+    // not load is compiled again.
+    let in_cache = cached.as_deref().filter(|p| p.is_file());
     if core {
         // SAFETY: the bytes come from our own cache directory, written by `serialize`
-        let hit = bytes_in_cache.and_then(|b| unsafe { Module::deserialize(engine, b) }.ok());
+        let hit = in_cache.and_then(|p| unsafe { Module::deserialize_file(engine, p) }.ok());
         let from_cache = hit.is_some();
         let module = match hit {
             Some(m) => m,
@@ -97,7 +97,7 @@ pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>)
         Ok(g)
     } else {
         // SAFETY: as above
-        let hit = bytes_in_cache.and_then(|b| unsafe { Component::deserialize(engine, b) }.ok());
+        let hit = in_cache.and_then(|p| unsafe { Component::deserialize_file(engine, p) }.ok());
         let from_cache = hit.is_some();
         let comp = match hit {
             Some(c) => c,
