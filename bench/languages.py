@@ -31,7 +31,7 @@ from chunkd.runtime import Runtime  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = MiB
-ROWS = [("python", "sha256"), ("js", "sha256_js"), ("c-core", "sha256_c_core"), ("c-component", "sha256_c")]
+ROWS = [("python", "sha256"), ("js", "sha256_js"), ("c-core", "sha256_c_core"), ("c-component", "sha256_c"), ("rust", "sha256_rs")]
 
 
 def raw_sha256(path: Path) -> tuple[float, str]:

@@ -17,7 +17,7 @@ from tests.conftest import make_blob
 from tests.test_cli import write_config
 
 NL = b"\n"
-SHA256_GUESTS = ("sha256", "sha256_js", "sha256_c_core", "sha256_c")
+SHA256_GUESTS = ("sha256", "sha256_js", "sha256_c_core", "sha256_c", "sha256_rs")
 
 
 async def test_every_language_and_both_c_paths_print_the_same_digests(harness, blobs: Path) -> None:
