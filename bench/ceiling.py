@@ -70,7 +70,9 @@ def c_api_ceiling(component_path: Path, chunk: int, total_bytes: int) -> float:
             blobs.add_func("open", lambda store, c, n: ResourceHost.own(1, STREAM_RESOURCE_ID))
     inst = linker.instantiate(store, comp)
     idx = inst.get_export_index(store, "chunkd:streams/chunked-stream-handler@0.1.0")
-    func = inst.get_func(store, inst.get_export_index(store, "handle-chunk", idx))
+    fidx = inst.get_export_index(store, "handle-chunk", idx)
+    assert idx is not None and fidx is not None
+    func = inst.get_func(store, fidx)
     assert func is not None
     p = (ffi.wasmtime_component_val_t * 5)()
     p[0].kind = ffi.WASMTIME_COMPONENT_RESOURCE
