@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--url", help="daemon address: http://HOST:PORT or unix:/path (default $CHUNKD_URL "
                                       "or http://127.0.0.1:7878)")
         sp.add_argument("--token", help="bearer token (default $CHUNKD_AUTH_TOKEN)")
+        sp.add_argument("--cacert", help="https: verify the daemon with the CA certificates in this PEM file "
+                                         "(default $CHUNKD_CACERT, else the config's daemon.tls_cert, else the system's)")
 
     submit = sub.add_parser("submit", help="submit a job to a running daemon")
     client_opts(submit)
@@ -103,7 +105,7 @@ def entry() -> None:
 def _client(args: argparse.Namespace) -> int:
     from chunkd import client
 
-    listen = token = None
+    listen = token = tls_cert = None
     if args.config:
         try:
             cfg = load_config(args.config)
@@ -111,7 +113,8 @@ def _client(args: argparse.Namespace) -> int:
             print(f"chunkd: config error: {e}", file=sys.stderr)
             return EXIT_CONFIG
         listen, token = cfg.daemon.listen, cfg.daemon.auth_token
-    ep = client.endpoint_from(args.url, args.token, listen, token)
+        tls_cert = str(cfg.daemon.tls_cert) if cfg.daemon.tls_cert is not None else None
+    ep = client.endpoint_from(args.url, args.token, listen, token, args.cacert, tls_cert)
     if args.command == "submit":
         # the contract (docs/cli-and-api.md): `chunkd submit COMPONENT [ARGS...] [--wait]`: --wait may follow the args;
         # everything after a literal `--` goes to the component untouched.

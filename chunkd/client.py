@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -30,12 +31,18 @@ class ApiError(Exception):
 
 @dataclass
 class Endpoint:
-    url: str  # http://host:port or unix:/path
+    url: str  # http://host:port, https://host:port or unix:/path
     token: str = ""
+    cafile: str | None = None  # https: the CA certificates to verify the daemon with (else the system's)
 
     @classmethod
-    def from_listen(cls, listen: str, token: str = "") -> "Endpoint":
-        return cls(listen if listen.startswith("unix:") else f"http://{listen}", token)
+    def from_listen(cls, listen: str, token: str = "", tls_cert: str | None = None,
+                    cafile: str | None = None) -> "Endpoint":
+        if listen.startswith("unix:"):
+            return cls(listen, token)
+        if tls_cert is not None:  # a daemon serving HTTPS; its own certificate is the CA unless told otherwise
+            return cls(f"https://{listen}", token, cafile or tls_cert)
+        return cls(f"http://{listen}", token, cafile)
 
     def session(self) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -43,7 +50,11 @@ class Endpoint:
         if self.url.startswith("unix:"):
             return aiohttp.ClientSession(base_url="http://chunkd", headers=headers, timeout=timeout,
                                          connector=aiohttp.UnixConnector(path=self.url[len("unix:"):]))
-        return aiohttp.ClientSession(base_url=self.url.rstrip("/"), headers=headers, timeout=timeout)
+        connector = None
+        if self.url.startswith("https://"):  # always verified: the certificate and the host name
+            connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=self.cafile))
+        return aiohttp.ClientSession(base_url=self.url.rstrip("/"), headers=headers, timeout=timeout,
+                                     connector=connector)
 
 
 async def _call(session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
@@ -182,11 +193,13 @@ async def cancel(ep: Endpoint, job_id: str, *, out: TextIO = sys.stdout, err: Te
     return EXIT_OK
 
 
-def endpoint_from(url: str | None, token: str | None, listen: str | None, config_token: str | None) -> Endpoint:
+def endpoint_from(url: str | None, token: str | None, listen: str | None, config_token: str | None,
+                  cafile: str | None = None, tls_cert: str | None = None) -> Endpoint:
     tok = token or os.environ.get("CHUNKD_AUTH_TOKEN") or config_token or ""
+    ca = cafile or os.environ.get("CHUNKD_CACERT") or None
     if url:
-        return Endpoint(url if url.startswith(("http://", "https://", "unix:")) else f"http://{url}", tok)
+        return Endpoint(url if url.startswith(("http://", "https://", "unix:")) else f"http://{url}", tok, ca)
     if listen:
-        return Endpoint.from_listen(listen, tok)
+        return Endpoint.from_listen(listen, tok, tls_cert, ca)
     env = os.environ.get("CHUNKD_URL")
-    return Endpoint(env or DEFAULT_URL, tok)
+    return Endpoint(env or DEFAULT_URL, tok, ca)

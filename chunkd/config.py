@@ -36,6 +36,10 @@ class DaemonConfig:
     job_retention_s: float = 7 * 86400.0
     max_request_bytes: int = 64 * 1024
     watchdog: bool = True
+    # a TCP listen address other than loopback needs a token unless this is set
+    allow_unauthenticated: bool = False
+    tls_cert: Path | None = None  # serve the API over HTTPS with this certificate chain (PEM) ...
+    tls_key: Path | None = None  # ... and this private key (PEM)
 
 
 @dataclass(frozen=True)
@@ -251,8 +255,16 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         job_retention_s=d.get("job_retention", DaemonConfig.job_retention_s, _duration(True)),
         max_request_bytes=d.get("max_request_bytes", DaemonConfig.max_request_bytes, _size(1024)),
         watchdog=d.get("watchdog", True, _bool),
+        allow_unauthenticated=d.get("allow_unauthenticated", False, _bool),
+        tls_cert=d.get("tls_cert", None, _path(base)),
+        tls_key=d.get("tls_key", None, _path(base)),
     )
     d.finish()
+    if (daemon.tls_cert is None) != (daemon.tls_key is None):
+        raise ConfigError(file, "daemon.tls_cert" if daemon.tls_cert is None else "daemon.tls_key",
+                          "tls_cert and tls_key go together")
+    if daemon.tls_cert is not None and daemon.listen.startswith("unix:"):
+        raise ConfigError(file, "daemon.tls_cert", "TLS is for a TCP listen address, not a unix socket")
 
     lt = top.sub("limits")
     dl = LimitsConfig()

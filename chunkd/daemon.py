@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Coroutine
 
@@ -18,10 +19,11 @@ from aiohttp import web
 
 from chunkd.api import make_app
 from chunkd.config import Config, load_config
-from chunkd.errors import ChunkdError
+from chunkd.errors import ChunkdError, ConfigError
 from chunkd.jobstore import SqliteJobStore
 from chunkd.notify import Notifier
 from chunkd.runtime import Runtime
+from chunkd.security import listen_guard
 from chunkd.tasks import TaskScope
 
 log = structlog.get_logger("chunkd.daemon")
@@ -46,6 +48,11 @@ class Daemon:
     async def serve(self) -> int:
         try:
             await self.startup()
+        except ConfigError as e:
+            log.error("startup_failed", error=str(e))
+            print(f"chunkd: config error: {e}", file=sys.stderr)
+            await self._close()
+            return 3  # EXIT_CONFIG (chunkd/cli.py): a bad config
         except (ChunkdError, OSError) as e:
             log.error("startup_failed", error=str(e))
             await self._close()
@@ -58,6 +65,8 @@ class Daemon:
 
     async def startup(self) -> None:
         d = self.config.daemon
+        token = os.environ.get("CHUNKD_AUTH_TOKEN") or d.auth_token
+        ssl_context = listen_guard(self.config, token)  # before anything starts
         d.state_dir.mkdir(parents=True, exist_ok=True)
         if self.store is not None:
             await self.store.open()
@@ -70,7 +79,6 @@ class Daemon:
             await self.runtime.cluster.start()  # interrupted jobs come back by redelivery
         else:
             resumed, gave_up = await self.runtime.resume()
-        token = os.environ.get("CHUNKD_AUTH_TOKEN") or d.auth_token
         is_unix = d.listen.startswith("unix:")
         app = make_app(self.runtime, token="" if is_unix else token, max_request_bytes=d.max_request_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -84,7 +92,7 @@ class Daemon:
             site = web.UnixSite(self._runner, str(path))
         else:
             host, _, port = d.listen.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+            site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context)
         await site.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,7 +102,8 @@ class Daemon:
         self._spawn(self._prune_loop(), "prune")
         self.notifier.send(f"READY=1\nSTATUS=serving on {d.listen}\nMAINPID={os.getpid()}")
         log.info("serving", listen=d.listen, state_dir=str(d.state_dir), components=sorted(self.runtime.pools),
-                 resumed_jobs=resumed, given_up_jobs=gave_up, auth=bool(token) and not is_unix, pid=os.getpid())
+                 resumed_jobs=resumed, given_up_jobs=gave_up, auth=bool(token) and not is_unix,
+                 tls=ssl_context is not None, pid=os.getpid())
 
     async def main_loop(self) -> None:
         while not self.should_exit.is_set():
