@@ -50,6 +50,7 @@ class LimitsConfig:
     max_buffered_bytes: int = 256 * 1024 * 1024
     max_pending_streams: int = 10000
     max_queued_jobs: int = 1000
+    max_job_duration_s: float = 0.0  # a running job past this ends failed; 0 = no bound
     source_retries: int = 3
     source_retry_backoff_s: float = 0.1
 
@@ -222,6 +223,15 @@ def _string_map(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _bounds(t: "_Table") -> dict[str, Any]:
+    """The bounds of every remote read (chunkd/sources/bounds.py)."""
+    return {
+        "min_rate": t.get("min_rate", 64 * 1024, _size(1)),
+        "low_speed_limit": t.get("low_speed_limit", 16 * 1024, _size(1)),
+        "low_speed_time_s": t.get("low_speed_time", 10.0, _duration(True)),
+    }
+
+
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     file = str(p)
@@ -275,6 +285,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         max_buffered_bytes=lt.get("max_buffered_bytes", dl.max_buffered_bytes, _size(1)),
         max_pending_streams=lt.get("max_pending_streams", dl.max_pending_streams, _int(1)),
         max_queued_jobs=lt.get("max_queued_jobs", dl.max_queued_jobs, _int(1)),
+        max_job_duration_s=lt.get("max_job_duration", 0.0, _duration(False)),
         source_retries=lt.get("source_retries", dl.source_retries, _int(0)),
         source_retry_backoff_s=lt.get("source_retry_backoff", dl.source_retry_backoff_s, _duration(False)),
     )
@@ -299,6 +310,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
                 "endpoint_url": t.get("endpoint_url", None, _url),
                 "range_size": t.get("range_size", 8 * 1024 * 1024, _size(1)),
                 "timeout_s": t.get("timeout", 30.0, _duration(True)),
+                **_bounds(t),
             }
             containers[name] = ContainerConfig(name=name, kind=kind, options=opts)
         else:
@@ -308,6 +320,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
                 "timeout_s": t.get("timeout", 30.0, _duration(True)),
                 "range_size": t.get("range_size", 8 * 1024 * 1024, _size(1)),
                 "max_connections": t.get("max_connections", 16, _int(1)),
+                **_bounds(t),
             }
             containers[name] = ContainerConfig(name=name, kind=kind, options=opts)
         t.finish()

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("chunkd.delivery")
 
+STALLED_AFTER_S = 30.0  # an open stream with no chunk delivered for this long shows as stalled
+
 
 @dataclass(slots=True)
 class Chunk:
@@ -75,6 +77,7 @@ class StreamStats:
     retries: int = 0
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
+    progress_at: float = field(default_factory=time.time)  # when a byte was last delivered (or the start)
 
 
 def read_unit_for(chunk_size: int, preferred: int, budget_limit: int) -> int:
@@ -235,6 +238,12 @@ class Delivery:
         self.dropped(chunk)
         self.stats.chunks += chunks
         self.stats.bytes += nbytes
+        if chunks:
+            self.stats.progress_at = time.time()
+
+    def stalled(self, now: float) -> bool:
+        """Open, and no chunk delivered for STALLED_AFTER_S (status page, /v1/status, metric)."""
+        return self.outcome is None and now - self.stats.progress_at >= STALLED_AFTER_S
 
     def handed(self, chunk: Chunk) -> None:
         """A chunk left the queue for the instance thread: it is no longer read-ahead, so

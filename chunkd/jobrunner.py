@@ -189,6 +189,16 @@ class JobRunner:
         log.warning("job_fenced", job_id=job_id, reason=reason)
         return True
 
+    def _stop(self, job: Job, inst: "InstanceBase", limit: float) -> None:
+        """limits.max_job_duration passed: every stream ends failed, the job fails."""
+        if job.finished or job.cancel_requested:
+            return
+        job.stopped = f"ran past limits.max_job_duration ({limit:g}s)"
+        job.cancel_requested = True
+        job.ready.set()
+        inst.halt = True  # the instance thread skips the rest of its batch
+        log.warning("job_stopped", job_id=job.id, reason=job.stopped)
+
     async def _run_job(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id, component=job.component):
             try:
@@ -231,7 +241,13 @@ class JobRunner:
             inst.job = job
             log.info("job_started", instance=inst.label, attempt=job.attempts)
             await self._persist(job)  # attempts counted before any guest code runs
-            outcome = await StreamSet(job, inst, self.rt.budget, self._settings(pool), self.rt.services).run()
+            limit = self.rt.config.limits.max_job_duration_s
+            timer = asyncio.get_running_loop().call_later(limit, self._stop, job, inst, limit) if limit > 0 else None
+            try:
+                outcome = await StreamSet(job, inst, self.rt.budget, self._settings(pool), self.rt.services).run()
+            finally:
+                if timer is not None:
+                    timer.cancel()
         finally:
             inst.job = None
             inst.halt = False

@@ -75,6 +75,7 @@ class Job:
     cancel_requested: bool = False
     ends: int = 0  # how often the job ended (the job runner makes it exactly once)
     fenced: str | None = None  # cluster mode: why this node stopped delivering (not an end)
+    stopped: str | None = None  # why chunkd stopped the job (limits.max_job_duration): it fails
     node: str | None = None  # cluster mode: the node that runs or ran it
     output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
 

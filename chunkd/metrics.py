@@ -63,6 +63,8 @@ class Metrics:
             self._gauges.append(g)
         gauge("chunkd_streams_active", "Chunked reads started and not ended", lambda: runtime.active_streams)
         gauge("chunkd_streams_pending", "Chunked reads not yet given their first chunk", runtime.pending_streams)
+        gauge("chunkd_streams_stalled", "Open chunked reads with no chunk delivered for 30 s",
+              runtime.stalled_streams)
         gauge("chunkd_buffered_bytes", "Read-ahead bytes held now (all streams)", lambda: runtime.budget.in_use)
         gauge("chunkd_buffered_bytes_limit", "max_buffered_bytes", lambda: runtime.budget.limit)
         gauge("chunkd_jobs_queued", "Jobs waiting for an instance", lambda: runtime.queued_jobs)

@@ -15,6 +15,7 @@ in-process; the daemon wraps it. The delivery rules are docs/wit-and-delivery.md
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,11 @@ class Runtime:
     @property
     def active_streams(self) -> int:
         return self._services.active_streams if self._services is not None else 0
+
+    def stalled_streams(self) -> int:
+        now = time.time()
+        return sum(1 for job in self.jobs.values() if job.state == JobState.RUNNING
+                   for d in job.deliveries if d.stalled(now))
 
     def pending_streams(self) -> int:
         n = 0

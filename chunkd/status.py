@@ -28,7 +28,7 @@ def _stream_view(job: JobSummary, s: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job["job_id"], "correlation_id": s["correlation_id"], "container": s["container"],
             "blob": s["blob"], "size": s["size"], "bytes": s["bytes"], "chunks": s["chunks"],
             "total_chunks": s["total_chunks"], "chunk_size": s["chunk_size"], "started_at": s["started_at"],
-            "end": s["end"]}
+            "end": s["end"], "stalled": bool(s.get("stalled", False))}
 
 
 async def snapshot(rt: "Runtime") -> dict[str, Any]:

@@ -127,6 +127,8 @@ class StreamSet:
                 raise trap
             return Outcome(JobState.FAILED, f"invoke returned error: {clip_result(text)}")
         await self._deliver()
+        if job.stopped:
+            return Outcome(JobState.FAILED, job.stopped)
         if job.cancel_requested:
             return Outcome(JobState.CANCELLED, "cancelled by operator")
         bad = [d for d in job.deliveries if d.outcome != values.COMPLETED]
@@ -176,7 +178,8 @@ class StreamSet:
                         batch, task = inflight
                         inflight = None
                         await self._account(batch, task)
-                    end = values.failed(job.fenced) if job.fenced else values.CANCELLED
+                    why = job.fenced or job.stopped
+                    end = values.failed(why) if why else values.CANCELLED
                     trap = await self._end_all(end, tell_guest=True)
                     if trap is not None:
                         raise trap

@@ -2,6 +2,8 @@
 `chunkd run --json`, and what `chunkd run`, `submit --wait` and `status` print."""
 from __future__ import annotations
 
+import time
+
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from chunkd.units import format_size
@@ -24,6 +26,7 @@ class StreamSummary(TypedDict):
     end: str | None  # "completed", "cancelled", "failed(reason)"; None while open
     started_at: float
     ended_at: float | None
+    stalled: bool  # open, and no chunk delivered for 30 s (delivery.STALLED_AFTER_S)
 
 
 class InvokeSummary(TypedDict):
@@ -53,7 +56,7 @@ def stream_summary(d: "Delivery") -> StreamSummary:
         "correlation_id": d.correlation_id, "container": d.stream.container, "blob": d.stream.name,
         "chunk_size": d.chunk_size, "size": d.size, "total_chunks": d.total_chunks, "chunks": d.stats.chunks,
         "bytes": d.stats.bytes, "retries": d.stats.retries, "end": None if d.outcome is None else str(d.outcome),
-        "started_at": d.stats.started_at, "ended_at": d.stats.ended_at,
+        "started_at": d.stats.started_at, "ended_at": d.stats.ended_at, "stalled": d.stalled(time.time()),
     }
 
 

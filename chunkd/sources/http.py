@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import aiohttp
 
 from chunkd.errors import BlobNotFound, ConfigError, SourceError
+from chunkd.sources.bounds import Transfer, TransferBounds
 from chunkd.sources.names import quote_key, redact_url, safe_key
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -95,8 +96,10 @@ class HttpBlob:
             length = min(length, self._size - offset)
         what = f"{self.label} bytes {offset}-{offset + length - 1}"
         headers = {"Range": f"bytes={offset}-{offset + length - 1}", **self._conditions()}
+        t = Transfer(self._c.bounds, length, what)
         try:
-            async with self._c.session().get(self._url, headers=headers) as resp:
+            resp = await t.headers(self._c.session().get(self._url, headers=headers))
+            try:
                 if resp.status == 416:
                     return b""
                 if resp.status != 206:
@@ -107,15 +110,18 @@ class HttpBlob:
                 m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                 if not m or int(m.group(1)) != offset:
                     raise SourceError(f"{what}: bad Content-Range {resp.headers.get('Content-Range')!r}")
+                if int(m.group(2)) != offset + length - 1:
+                    raise SourceError(f"{what}: bad Content-Range {resp.headers.get('Content-Range')!r}")
                 if m.group(3) != "*" and self._size is not None and int(m.group(3)) != self._size:
                     raise SourceError(f"{what}: the blob changed size ({m.group(3)} != {self._size})")
                 cl = resp.headers.get("Content-Length", "")
                 if cl.isdigit() and int(cl) != length:
                     raise SourceError(f"{what}: the server answered {cl} bytes")
-                try:
-                    data = await resp.content.readexactly(length)
-                except asyncio.IncompleteReadError as e:
-                    raise SourceError(f"{what}: body ended after {len(e.partial)} bytes", transient=True) from None
+                data = await t.body(resp.content.read, length)
+                if len(data) != length:
+                    raise SourceError(f"{what}: body ended after {len(data)} bytes", transient=True)
+            finally:
+                resp.release()
         except SourceError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -125,8 +131,9 @@ class HttpBlob:
     async def _open_stream(self, skip: int) -> None:
         await self._drop_stream()
         what = f"{self.label} (streamed from {skip})"
+        t = Transfer(self._c.bounds, skip, what)
         try:
-            resp = await self._c.session().get(self._url, headers=self._conditions())
+            resp = await t.headers(self._c.session().get(self._url, headers=self._conditions()))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise _transport_error(e, what) from None
         if resp.status != 200:
@@ -136,7 +143,7 @@ class HttpBlob:
             self._check_version(resp)
             left = skip
             while left > 0:  # resume after a failure: skip what was delivered already
-                got = await resp.content.read(min(left, 1 << 20))
+                got = await t.read(resp.content.read, min(left, 1 << 20))
                 if not got:
                     raise SourceError(f"{what}: body ended while skipping to {skip}", transient=True)
                 left -= len(got)
@@ -159,20 +166,17 @@ class HttpBlob:
             await self._open_stream(offset)
         assert self._resp is not None
         what = f"{self.label} bytes from {offset}"
-        parts: list[bytes] = []
-        got = 0
+        t = Transfer(self._c.bounds, length, what)
         try:
-            while got < length:
-                part = await self._resp.content.read(length - got)
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
+            data = await t.body(self._resp.content.read, length)
+        except SourceError:
+            await self._drop_stream()  # the retry opens a new stream and skips to the offset
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             await self._drop_stream()
             raise _transport_error(e, what) from None
-        self._pos += got
-        return b"".join(parts)
+        self._pos += len(data)
+        return data
 
     async def close(self) -> None:
         await self._drop_stream()
@@ -182,8 +186,9 @@ class HttpContainer:
     kind = "http"
 
     def __init__(self, name: str, base_url: str, headers: Mapping[str, str], *, timeout_s: float,
-                 range_size: int, max_connections: int) -> None:
+                 range_size: int, max_connections: int, bounds: TransferBounds | None = None) -> None:
         self.name = name
+        self.bounds = bounds or TransferBounds(timeout_s=timeout_s)
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
         self.timeout_s = timeout_s
@@ -209,8 +214,11 @@ class HttpContainer:
         label = f"{self.name}/{name}"
         what = f"open {redact_url(url)}"
         try:
-            async with self.session().head(url, allow_redirects=True) as resp:
-                status, h = resp.status, resp.headers
+            resp = await Transfer(self.bounds, 0, what).headers(self.session().head(url, allow_redirects=True))
+            resp.release()
+            status, h = resp.status, resp.headers
+        except SourceError:
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise _transport_error(e, what) from None
         size: int | None = None
@@ -233,7 +241,8 @@ class HttpContainer:
                      last_modified: str | None) -> tuple[int | None, str | None, str | None, bool]:
         """A first ranged GET tells whether Range works and the total size."""
         try:
-            async with self.session().get(url, headers={"Range": "bytes=0-0"}) as resp:
+            resp = await Transfer(self.bounds, 1, what).headers(self.session().get(url, headers={"Range": "bytes=0-0"}))
+            async with resp:
                 h = resp.headers
                 if resp.status == 206:
                     m = _CONTENT_RANGE.match(h.get("Content-Range", ""))
@@ -258,5 +267,9 @@ class HttpContainer:
 
 def build_http(name: str, options: Mapping[str, Any], file: str) -> HttpContainer:
     headers = resolve_headers(options.get("headers", {}), file, f"containers.{name}")
+    bounds = TransferBounds(timeout_s=options["timeout_s"], min_rate=options.get("min_rate", 64 * 1024),
+                            low_speed_limit=options.get("low_speed_limit", 16 * 1024),
+                            low_speed_time_s=options.get("low_speed_time_s", 10.0))
     return HttpContainer(name, options["base_url"], headers, timeout_s=options["timeout_s"],
-                         range_size=options["range_size"], max_connections=options["max_connections"])
+                         range_size=options["range_size"], max_connections=options["max_connections"],
+                         bounds=bounds)

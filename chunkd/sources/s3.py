@@ -17,6 +17,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chunkd.errors import BlobNotFound, SourceError
+from chunkd.sources.bounds import Transfer, TransferBounds
 from chunkd.sources.names import quote_key, safe_key
 
 TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -57,8 +58,9 @@ class S3Blob:
         if self.etag:
             kw["IfMatch"] = self.etag
         client = await self._c.client()
+        t = Transfer(self._c.bounds, length, what)
         try:
-            resp = await client.get_object(**kw)
+            resp = await t.headers(client.get_object(**kw))
             etag = resp.get("ETag")
             if self.etag and etag and etag != self.etag:
                 resp["Body"].close()
@@ -68,7 +70,9 @@ class S3Blob:
                 resp["Body"].close()
                 raise SourceError(f"{what}: bad Content-Range {cr!r}")
             async with resp["Body"] as body:
-                data: bytes = await body.read()
+                data: bytes = await t.body(body.read, length)
+        except SourceError:
+            raise
         except ClientError as e:
             raise _client_error(e, what) from None
         except (BotoCoreError, asyncio.TimeoutError, OSError) as e:
@@ -89,8 +93,9 @@ class S3Container:
     kind = "s3"
 
     def __init__(self, name: str, *, bucket: str | None, prefix: str, region: str, endpoint_url: str | None,
-                 range_size: int, timeout_s: float) -> None:
+                 range_size: int, timeout_s: float, bounds: TransferBounds | None = None) -> None:
         self.name = name
+        self.bounds = bounds or TransferBounds(timeout_s=timeout_s)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.region = region
@@ -124,7 +129,9 @@ class S3Container:
         what = f"open s3://{self.bucket}/{quote_key(key)}"
         client = await self.client()
         try:
-            head = await client.head_object(Bucket=self.bucket, Key=key)
+            head = await Transfer(self.bounds, 0, what).headers(client.head_object(Bucket=self.bucket, Key=key))
+        except SourceError:
+            raise
         except ClientError as e:
             raise _client_error(e, what) from None
         except (BotoCoreError, asyncio.TimeoutError, OSError) as e:
@@ -139,4 +146,8 @@ class S3Container:
 def build_s3(name: str, options: Mapping[str, Any]) -> S3Container:
     return S3Container(name, bucket=options.get("bucket"), prefix=options.get("prefix", ""),
                        region=options.get("region", "us-east-1"), endpoint_url=options.get("endpoint_url"),
-                       range_size=options["range_size"], timeout_s=options["timeout_s"])
+                       range_size=options["range_size"], timeout_s=options["timeout_s"],
+                       bounds=TransferBounds(timeout_s=options["timeout_s"],
+                                             min_rate=options.get("min_rate", 64 * 1024),
+                                             low_speed_limit=options.get("low_speed_limit", 16 * 1024),
+                                             low_speed_time_s=options.get("low_speed_time_s", 10.0)))

@@ -56,7 +56,7 @@ function streamRow(s) {
   const known = s.size !== null && s.size !== undefined;
   const pct = known ? (s.size === 0 ? 100 : Math.min(100, (100 * s.bytes) / s.size)) : null;
   const chunks = s.total_chunks ? `${s.chunks}/${s.total_chunks}` : `${s.chunks}`;
-  const state = s.end ? ` · ${esc(s.end)}` : '';
+  const state = s.end ? ` · ${esc(s.end)}` : (s.stalled ? ' · <span class="stalled">stalled</span>' : '');
   return `<div class="stream" data-job="${esc(s.job_id)}" data-cid="${esc(s.correlation_id)}" data-bytes="${s.bytes}">
     <div class="mono" title="correlation-id ${esc(s.correlation_id)}">${esc(s.container)}/${esc(s.blob)}</div>
     <div class="bar${known ? '' : ' unknown'}" role="progressbar" aria-label="progress of ${esc(s.blob)}"
