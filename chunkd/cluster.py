@@ -27,8 +27,8 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-import nats
 import structlog
+from nats.aio.client import Client as NATS
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -36,10 +36,11 @@ from nats.js.api import (
     RetentionPolicy,
     StreamConfig,
 )
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 
 from chunkd.config import ClusterConfig
 from chunkd.errors import ChunkdError
+from chunkd.jobrunner import QueueFull
 from chunkd.jobs import FINAL_STATES, Job, JobState
 from chunkd.summary import JobSummary, summary_from_record
 from chunkd.tasks import TaskScope
@@ -60,6 +61,9 @@ class ClusterUnavailable(ChunkdError):
     """NATS cannot be reached: the job was not accepted."""
 
 
+CONNECT_DEADLINE_S = 15.0  # the first connection to NATS, every server and retry included
+
+
 def subject(component: str) -> str:
     return f"chunkd.jobs.{component}"
 
@@ -75,7 +79,8 @@ class Cluster:
         self.kv: Any = None
         self.connected = False
         self.pulling = True
-        self._scope = TaskScope("cluster")  # pullers, job runs, the cancel listener
+        self._scope = TaskScope("cluster")  # pullers, job runs, the reaper
+        self._intake = asyncio.Lock()  # one submission at a time checks the queue and publishes
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -95,18 +100,32 @@ class Cluster:
             self.connected = True
             log.info("nats_reconnected", node=self.node)
 
+        errors: list[str] = []
+
         async def error(e: Exception) -> None:
+            errors.append(str(e) or type(e).__name__)
             log.warning("nats_error", node=self.node, error=str(e))
 
+        where = ", ".join(u.split("@")[-1] for u in c.nats_urls)  # never the credentials
+        nc = NATS()
         try:
-            self.nc = await nats.connect(
+            # a wrong password or certificate makes the client retry for ever: bounded here
+            await asyncio.wait_for(nc.connect(
                 servers=list(c.nats_urls), name=f"chunkd-{self.node}", tls=tls,
                 user_credentials=str(c.creds_file) if c.creds_file else None,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                connect_timeout=5, disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
-        except Exception as e:
-            raise ClusterUnavailable(f"cannot reach NATS at {', '.join(u.split('@')[-1] for u in c.nats_urls)}: {e}") \
-                from None
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                connect_timeout=5, disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error),
+                CONNECT_DEADLINE_S)
+        except BaseException as e:
+            try:
+                await asyncio.wait_for(nc.close(), 5)
+            except Exception:
+                pass
+            if not isinstance(e, Exception):
+                raise
+            why = errors[-1] if errors else (str(e) or type(e).__name__)
+            raise ClusterUnavailable(f"cannot reach NATS at {where}: {why}") from None
+        self.nc = nc
         self.connected = True
         self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         try:
@@ -123,6 +142,7 @@ class Cluster:
                                      f"is not usable (started with -js?): {e}") from None
         for name in self.rt.pools:
             self._scope.spawn(self._pull(name), name=f"pull-{name}")
+        self._scope.spawn(self._reaper(), name="reaper")
         log.info("cluster_joined", node=self.node, stream=c.stream, kv_bucket=c.kv_bucket,
                  components=sorted(self.rt.pools))
 
@@ -183,16 +203,32 @@ class Cluster:
 
     # --- API side -----------------------------------------------------------------------
 
+    async def queued(self) -> int:
+        """Jobs in the shared queue not yet handed to any node: the consumers' pending counts."""
+        infos = await self.js.consumers_info(self.cfg.stream)
+        return sum(int(i.num_pending or 0) for i in infos)
+
     async def accept(self, job: Job) -> None:
-        """The record, then the message; both acknowledged before the API answers 202."""
+        """The record, then the message; both acknowledged before the API answers 202.
+        `limits.max_queued_jobs` bounds the shared queue (the consumers' pending counts):
+        this node checks and publishes one submission at a time, so a burst to one node
+        never overshoots; bursts to several nodes at once may overshoot by one per node."""
         if not self.connected:
             raise ClusterUnavailable("NATS is not reachable: no job accepted")
-        rec = job.record()
-        try:
-            await self.kv.create(job.id, json.dumps(rec).encode())
-            await self.js.publish(subject(job.component), job.id.encode(), headers={"Nats-Msg-Id": job.id})
-        except Exception as e:
-            raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
+        limit = self.rt.config.limits.max_queued_jobs
+        async with self._intake:
+            try:
+                waiting = await self.queued()
+            except Exception as e:
+                raise ClusterUnavailable(f"NATS did not tell the queue's length: {e}") from None
+            if waiting >= limit:
+                raise QueueFull(f"job queue is full ({limit} queued in the cluster)")
+            rec = job.record()
+            try:
+                await self.kv.create(job.id, json.dumps(rec).encode())
+                await self.js.publish(subject(job.component), job.id.encode(), headers={"Nats-Msg-Id": job.id})
+            except Exception as e:
+                raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
         log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, node=self.node)
 
     async def summary(self, job_id: str) -> JobSummary | None:
@@ -301,6 +337,52 @@ class Cluster:
                 await self._ack(msg)
             except Exception as e:  # not acked: it runs again (at least once)
                 log.error("final_state_not_written", error=str(e))
+
+    async def _reaper(self) -> None:
+        """Every node, every 2 heartbeats: end the records no node will ever finish."""
+        while self.pulling:
+            await asyncio.sleep(2 * self.cfg.heartbeat_s)
+            if not self.connected:
+                continue
+            try:
+                await self.reap()
+            except Exception as e:  # NATS away for a moment: next round
+                log.warning("reap_failed", error=str(e))
+
+    async def reap(self) -> int:
+        """A record still `running` whose lease expired more than a heartbeat ago, on its
+        last allowed delivery (attempts >= daemon.max_attempts), will never be redelivered
+        by JetStream (max_deliver) nor finished by its node (which fenced itself when its
+        lease ran out): it ends `failed` with the reason. Earlier attempts are left to
+        JetStream's redelivery. Compare-and-set, so nodes reaping at once agree."""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return 0
+        now = time.time()
+        reaped = 0
+        for key in keys:
+            got = await self._get(key)
+            if got is None:
+                continue
+            rec, rev = got
+            lease = rec.get("lease_until")
+            attempts = int(rec.get("attempts") or 0)
+            if rec.get("state") != str(JobState.RUNNING) or lease is None or lease + self.cfg.heartbeat_s > now:
+                continue
+            if attempts < self.max_attempts:
+                continue
+            reason = (f"gave up: its last allowed attempt ({attempts} of daemon.max_attempts {self.max_attempts}) "
+                      f"was lost with node {rec.get('node')!r} (lease expired {now - float(lease):.0f}s ago)")
+            rec.update(state=str(JobState.FAILED), error=reason, ended_at=now, lease_until=None)
+            try:
+                await self._cas(key, rec, rev)
+            except KeyWrongLastSequenceError:
+                continue  # renewed or reaped by someone else meanwhile
+            reaped += 1
+            self.rt.metrics.jobs.labels(str(JobState.FAILED)).inc()
+            log.warning("job_reaped", job_id=key, reason=reason, reaped_by=self.node)
+        return reaped
 
     async def _ack(self, msg: Any) -> None:
         try:

@@ -147,7 +147,10 @@ def check_invariants(plan: Plan, r: Result) -> None:
         if d.outcome == values.COMPLETED:
             assert len(got) == len(want)
         if sp.false_at is not None and len(got) > sp.false_at:
-            assert len(got) == sp.false_at + 1 and d.outcome == values.CANCELLED
+            # nothing after the false; it is the end unless a shutdown overtook the answer
+            # (the batch's result was on its way back when the drain cancelled the job)
+            assert len(got) == sp.false_at + 1
+            assert d.outcome == values.CANCELLED or (r.shut_down and "shutting down" in str(d.outcome)), d.outcome
     # the outcome follows the rules
     if job.ends:
         undisturbed = not (plan.trap_in_invoke or plan.trap_in_ended or inst.broken or job.cancel_requested)

@@ -231,6 +231,8 @@ class InstanceBase:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
         self._closed = False
         self._halt = False
+        self._sent = 0  # loop side: batches handed to the instance thread
+        self._ran = 0  # instance thread: the last batch it took (ran or skipped)
 
     @property
     def halt(self) -> bool:
@@ -317,7 +319,19 @@ class InstanceBase:
         or failed."""
         if self.broken:
             return BatchResult([], GuestTrap(f"instance {self.label} is broken: {self.broken}"))
-        return await self._on_thread(self._run_batch, calls, fresh)
+        self._sent += 1
+        return await self._on_thread(self._batch_in_order, calls, fresh, self._sent)
+
+    def _batch_in_order(self, calls: list[HandleCall], fresh: bool, seq: int) -> BatchResult:
+        """A batch queued behind another (fresh=False) runs only if that one ran: when the
+        one before it was cancelled before the thread took it (a shutdown), running this one
+        would hand the guest chunks past ones it never got. Skipped, nothing is delivered."""
+        try:
+            if not fresh and self._ran != seq - 1:
+                return BatchResult([])
+            return self._run_batch(calls, fresh)
+        finally:
+            self._ran = seq
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:
