@@ -5,6 +5,7 @@ with a clear outcome, the daemon keeps serving, and no accepted job is lost.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -255,3 +256,26 @@ def test_the_cli_exits_3_naming_file_and_key(tmp_path: Path, capsys: Any) -> Non
     ok = tmp_path / "ok.toml"
     ok.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
     assert main(["check", "-c", str(ok)]) == EXIT_OK
+
+
+async def test_a_stream_that_delivers_nothing_shows_as_stalled(harness, hostile: HostileOrigin,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunkd import delivery, status
+    monkeypatch.setattr(delivery, "STALLED_AFTER_S", 0.5)
+    hostile.objects["t.bin"] = os.urandom(100_000)
+    hostile.trickle_s = 0.05
+    async with harness(containers=web(f"{hostile.base}/trickle", low_speed_time="3s", low_speed_limit="1"),
+                       limits=TIGHT_LIMITS) as h:
+        job = h.runtime.submit("probe", ["open s web t.bin", "start s 65536 1"])
+        deadline = time.monotonic() + 20
+        while True:
+            snap = await status.snapshot(h.runtime)
+            streams = [s for j in snap["running"] for s in j["streams"]]
+            if streams and streams[0]["stalled"]:
+                break
+            assert time.monotonic() < deadline, snap
+            await asyncio.sleep(0.1)
+        assert h.runtime.metrics.value("chunkd_streams_stalled") == 1
+        h.runtime.cancel(job.id)
+        await asyncio.wait_for(job.done.wait(), 20)
+        assert h.runtime.metrics.value("chunkd_streams_stalled") == 0
