@@ -163,23 +163,34 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return conv
 
 
-def _int(minimum: int) -> Callable[[Any], int]:
+MAX_INT = 10 ** 9  # no count chunkd takes is meaningful above this
+MAX_SIZE = 1 << 50  # 1 PiB: no size chunkd takes is meaningful above this
+
+
+def _int(minimum: int, maximum: int = MAX_INT) -> Callable[[Any], int]:
     def conv(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"expected an integer, got {type(v).__name__}")
         if v < minimum:
             raise ValueError(f"must be at least {minimum}, got {v}")
+        if v > maximum:
+            raise ValueError(f"must be at most {maximum}, got {v}")
         return v
     return conv
 
 
-def _size(minimum: int) -> Callable[[Any], int]:
+def _size(minimum: int, maximum: int = MAX_SIZE) -> Callable[[Any], int]:
     def conv(v: Any) -> int:
         n = parse_size(v)
         if n < minimum:
             raise ValueError(f"must be at least {minimum} bytes, got {v!r}")
+        if n > maximum:
+            raise ValueError(f"must be at most {maximum} bytes, got {v!r}")
         return n
     return conv
+
+
+MAX_DURATION_S = 10 * 365 * 86400.0  # ten years
 
 
 def _duration(positive: bool) -> Callable[[Any], float]:
@@ -187,6 +198,8 @@ def _duration(positive: bool) -> Callable[[Any], float]:
         s = parse_duration(v)
         if positive and s <= 0:
             raise ValueError(f"must be above zero, got {v!r}")
+        if s > MAX_DURATION_S:
+            raise ValueError(f"must be at most ten years, got {v!r}")
         return s
     return conv
 
@@ -279,9 +292,9 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
     lt = top.sub("limits")
     dl = LimitsConfig()
     limits = LimitsConfig(
-        max_chunk_size_bytes=lt.get("max_chunk_size", dl.max_chunk_size_bytes, _size(1)),
+        max_chunk_size_bytes=lt.get("max_chunk_size", dl.max_chunk_size_bytes, _size(1, 1 << 31)),
         call_timeout_s=lt.get("call_timeout", dl.call_timeout_s, _duration(True)),
-        instance_memory_bytes=lt.get("instance_memory", dl.instance_memory_bytes, _size(64 * 1024)),
+        instance_memory_bytes=lt.get("instance_memory", dl.instance_memory_bytes, _size(64 * 1024, 1 << 40)),
         max_buffered_bytes=lt.get("max_buffered_bytes", dl.max_buffered_bytes, _size(1)),
         max_pending_streams=lt.get("max_pending_streams", dl.max_pending_streams, _int(1)),
         max_queued_jobs=lt.get("max_queued_jobs", dl.max_queued_jobs, _int(1)),
@@ -332,7 +345,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         components[name] = ComponentConfig(
             name=name,
             path=t.require("path", _path(base)),
-            instances=t.get("instances", 1, _int(1)),
+            instances=t.get("instances", 1, _int(1, 1024)),  # a thread and a store each
             max_bytes_per_second=t.get("max_bytes_per_second", 0, _size(0)),
             prefetch_chunks=t.get("prefetch_chunks", 2, _int(1)),
         )
