@@ -40,6 +40,8 @@ class DaemonConfig:
     allow_unauthenticated: bool = False
     tls_cert: Path | None = None  # serve the API over HTTPS with this certificate chain (PEM) ...
     tls_key: Path | None = None  # ... and this private key (PEM)
+    max_connections: int = 512  # API connections at once (TCP); more are closed when accepted
+    request_head_timeout_s: float = 10.0  # a connection's first request head must arrive within this
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,8 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         allow_unauthenticated=d.get("allow_unauthenticated", False, _bool),
         tls_cert=d.get("tls_cert", None, _path(base)),
         tls_key=d.get("tls_key", None, _path(base)),
+        max_connections=d.get("max_connections", DaemonConfig.max_connections, _int(1, 100_000)),
+        request_head_timeout_s=d.get("request_head_timeout", DaemonConfig.request_head_timeout_s, _duration(True)),
     )
     d.finish()
     if (daemon.tls_cert is None) != (daemon.tls_key is None):

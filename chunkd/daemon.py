@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from chunkd.api import make_app
+from chunkd.apiguard import KEEPALIVE_S, ConnectionGuard, GuardedTCPSite
 from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.jobstore import SqliteJobStore
@@ -81,7 +82,7 @@ class Daemon:
             resumed, gave_up = await self.runtime.resume()
         is_unix = d.listen.startswith("unix:")
         app = make_app(self.runtime, token="" if is_unix else token, max_request_bytes=d.max_request_bytes)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         site: web.BaseSite
         if is_unix:
@@ -92,7 +93,8 @@ class Daemon:
             site = web.UnixSite(self._runner, str(path))
         else:
             host, _, port = d.listen.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+            self.guard = ConnectionGuard(d.max_connections, d.request_head_timeout_s)
+            site = GuardedTCPSite(self._runner, host.strip("[]"), int(port), self.guard, ssl_context=ssl_context)
         await site.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

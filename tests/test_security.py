@@ -142,3 +142,38 @@ def test_the_image_config_asks_for_a_token(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "config" / "docker.toml")
     assert not is_loopback_host(cfg.daemon.listen.rpartition(":")[0])
     assert not cfg.daemon.auth_token and not cfg.daemon.allow_unauthenticated  # CHUNKD_AUTH_TOKEN is required
+
+
+def test_slow_and_surplus_api_connections_are_cut(tmp_path: Path, state_dir: Path, guests: dict[str, Path]) -> None:
+    """A slowloris (request heads that never end) holds a connection for at most
+    daemon.request_head_timeout; past daemon.max_connections a connection is closed at
+    once; the API keeps answering everyone else."""
+    import socket
+    import time as _time
+    port = free_port()
+    cfg = _config(tmp_path, state_dir, guests, f"127.0.0.1:{port}",
+                  'max_connections = 8\nrequest_head_timeout = "1s"')
+    s = Server(cfg, port, tmp_path / "daemon.log")
+    held: list[socket.socket] = []
+    try:
+        s.start()
+        for _ in range(8):
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+            held.append(c)
+        _time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        t0 = _time.monotonic()
+        assert extra.recv(100) == b"" and _time.monotonic() - t0 < 1  # closed at once: over the limit
+        extra.close()
+        t0 = _time.monotonic()
+        for c in held:  # each slowloris is cut after the head timeout
+            assert c.recv(100) == b""
+        assert _time.monotonic() - t0 < 3
+        assert s.healthy()  # everyone else is served again
+        events = [e["event"] for e in s.log_events()]
+        assert "api_connection_refused" in events and "api_request_head_too_slow" in events
+    finally:
+        for c in held:
+            c.close()
+        s.stop()
