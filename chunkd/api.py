@@ -20,9 +20,9 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from chunkd.cluster import ClusterUnavailable
 from chunkd.metrics import CONTENT_TYPE
-from chunkd.runtime import NotAccepting, QueueFull, Runtime, UnknownComponent
+from chunkd.errors import ClusterUnavailable, NotAccepting, QueueFull, UnknownComponent
+from chunkd.runtime import Runtime
 from chunkd.status import Rates, snapshot
 
 log = structlog.get_logger("chunkd.api")

@@ -17,7 +17,7 @@ from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
 from chunkd.jobs import COMPLETED, Job
 from chunkd.logging import configure_logging
-from chunkd.summary import describe
+from chunkd.summary import describe, job_summary
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -146,7 +146,7 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
         return EXIT_JOB_FAILED
     runtime = Runtime(config, only={component})
 
-    def echo(job: Job | None, comp: str, fd: str, line: str) -> None:
+    def echo(job: Any, comp: str, fd: str, line: str) -> None:
         if fd == "stdout":
             print(line, file=out, flush=True)
 
@@ -162,7 +162,7 @@ async def cmd_run(config: Config, component: str, args: list[str], *, as_json: b
     finally:
         await runtime.close()
         gc.collect()  # finalize stores and instances now, while everything they call is alive
-    summary = job.summary()
+    summary = job_summary(job)
     if as_json:
         print(json.dumps(summary, indent=2), file=out)
     else:

@@ -25,7 +25,7 @@ import asyncio
 import json
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -39,14 +39,31 @@ from nats.js.api import (
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 
 from chunkd.config import ClusterConfig
-from chunkd.errors import ChunkdError
-from chunkd.jobrunner import QueueFull
+from chunkd.errors import ChunkdError, ClusterUnavailable, QueueFull
 from chunkd.jobs import FINAL_STATES, Job, JobState
-from chunkd.summary import JobSummary, summary_from_record
+from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope
 
 if TYPE_CHECKING:
-    from chunkd.runtime import Runtime
+    from chunkd.config import Config
+    from chunkd.jobrunner import JobRunner
+    from chunkd.metrics import Metrics
+
+
+class ClusterHost(Protocol):
+    """The few things cluster mode uses of the runtime that owns it."""
+
+    @property
+    def config(self) -> "Config": ...
+
+    @property
+    def metrics(self) -> "Metrics": ...
+
+    @property
+    def pools(self) -> Mapping[str, Any]: ...
+
+    @property
+    def runner(self) -> "JobRunner": ...
 
 log = structlog.get_logger("chunkd.cluster")
 
@@ -57,9 +74,6 @@ FETCH_WAIT_S = 1.0
 REQUEST_TIMEOUT_S = 2.0
 
 
-class ClusterUnavailable(ChunkdError):
-    """NATS cannot be reached: the job was not accepted."""
-
 
 CONNECT_DEADLINE_S = 15.0  # the first connection to NATS, every server and retry included
 
@@ -69,7 +83,7 @@ def subject(component: str) -> str:
 
 
 class Cluster:
-    def __init__(self, cfg: ClusterConfig, runtime: "Runtime", max_attempts: int) -> None:
+    def __init__(self, cfg: ClusterConfig, runtime: ClusterHost, max_attempts: int) -> None:
         self.cfg = cfg
         self.rt = runtime
         self.max_attempts = max_attempts
@@ -234,7 +248,7 @@ class Cluster:
     async def summary(self, job_id: str) -> JobSummary | None:
         local = self.rt.runner.jobs.get(job_id)
         if local is not None and local.state == JobState.RUNNING and not local.fenced:
-            return local.summary()  # live, not a second old
+            return job_summary(local)  # live, not a second old
         got = await self._get(job_id)
         return None if got is None else summary_from_record(got[0])
 

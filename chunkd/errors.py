@@ -45,3 +45,20 @@ class GuestTrap(ChunkdError):
     def __init__(self, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+class UnknownComponent(ChunkdError):
+    """A job names a component the config does not have."""
+
+
+class QueueFull(ChunkdError):
+    """limits.max_queued_jobs jobs are already waiting."""
+
+
+class NotAccepting(ChunkdError):
+    """The daemon is draining: no new jobs."""
+
+
+class ClusterUnavailable(ChunkdError):
+    """NATS cannot be reached: the job was not accepted."""
+

@@ -17,13 +17,13 @@ import structlog
 from chunkd.config import LimitsConfig
 from chunkd.errors import SourceError
 from chunkd.host import values
-from chunkd.jobs import Job, StreamRequest
+from chunkd.jobs import StreamRequest
 from chunkd.scheduler import read_with_retry
 from chunkd.tasks import ScopeClosed, TaskScope
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
-    from chunkd.host.instance import HostStream, InstanceBase
+    from chunkd.host.instance import HostStream, InstanceBase, JobPort
     from chunkd.metrics import Metrics
     from chunkd.sources import Container
     from chunkd.sources.base import Blob
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("chunkd.hostservices")
 
 LOGGED_LINES_PER_JOB = 10_000  # guest output lines logged per job; the rest are only counted
-OutputListener = Callable[[Job | None, str, str, str], None]  # job, component, fd, line
+OutputListener = Callable[["JobPort | None", str, str, str], None]  # job, component, fd, line
 
 
 async def close_quietly(blob: "Blob") -> None:

@@ -12,40 +12,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import structlog
 
-from chunkd.errors import ChunkdError
+from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
 from chunkd.streamset import Outcome, StreamSet, StreamSettings
 from chunkd.tasks import TaskScope
 
 if TYPE_CHECKING:
+    from chunkd.config import Config
     from chunkd.host.instance import InstanceBase
+    from chunkd.hostservices import RuntimeServices
+    from chunkd.metrics import Metrics
     from chunkd.pool import InstancePool
-    from chunkd.runtime import Runtime
+    from chunkd.scheduler import BufferBudget
+
+
+class RunnerHost(Protocol):
+    """The few things the job runner uses of the runtime that owns it."""
+
+    @property
+    def config(self) -> "Config": ...
+
+    @property
+    def metrics(self) -> "Metrics": ...
+
+    @property
+    def budget(self) -> "BufferBudget": ...
+
+    @property
+    def pools(self) -> "Mapping[str, InstancePool]": ...
+
+    @property
+    def services(self) -> "RuntimeServices": ...
 
 log = structlog.get_logger("chunkd.jobrunner")
 
 MAX_FINISHED_IN_MEMORY = 1000
 
 
-class UnknownComponent(ChunkdError):
-    pass
-
-
-class QueueFull(ChunkdError):
-    pass
-
-
-class NotAccepting(ChunkdError):
-    """The daemon is draining: no new jobs."""
-
 
 class JobRunner:
-    def __init__(self, runtime: "Runtime", store: JobStore | None) -> None:
+    def __init__(self, runtime: RunnerHost, store: JobStore | None) -> None:
         self.rt = runtime
         self.store = store
         self.accepting = True

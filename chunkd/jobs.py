@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from chunkd.streamview import StreamSummary, stream_summary
+
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
     from chunkd.host.instance import HostStream, InstanceBase
-    from chunkd.summary import JobSummary, StreamSummary
 
 
 class JobState(StrEnum):
@@ -62,7 +63,7 @@ class Job:
     instance: str | None = None
     attempts: int = 0
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_OUTPUT_LINES))
-    past_streams: list["StreamSummary"] = field(default_factory=list)  # from the store, for finished jobs
+    past_streams: list[StreamSummary] = field(default_factory=list)  # from the store, for finished jobs
     deliveries: list["Delivery"] = field(default_factory=list)
     # filled from instance threads, drained by the delivery loop
     requests: list[StreamRequest] = field(default_factory=list)
@@ -133,12 +134,7 @@ class Job:
         job.past_streams = list(r["streams"])
         return job
 
-    def summary(self) -> "JobSummary":
-        from chunkd.summary import job_summary
-        return job_summary(self)
-
-    def stream_summaries(self) -> list["StreamSummary"]:
+    def stream_summaries(self) -> list[StreamSummary]:
         if not self.deliveries:
             return list(self.past_streams)
-        from chunkd.summary import stream_summary
         return [stream_summary(d) for d in self.deliveries]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,8 +12,31 @@ from prometheus_client import (
     generate_latest,
 )
 
-if TYPE_CHECKING:
-    from chunkd.runtime import Runtime
+
+
+class _Budget(Protocol):
+    in_use: int
+    limit: int
+
+
+class Gauged(Protocol):
+    """What the gauges read when scraped (the runtime)."""
+
+    @property
+    def active_streams(self) -> int: ...
+
+    def pending_streams(self) -> int: ...
+
+    def stalled_streams(self) -> int: ...
+
+    @property
+    def budget(self) -> _Budget: ...
+
+    @property
+    def queued_jobs(self) -> int: ...
+
+    @property
+    def running_jobs(self) -> int: ...
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,7 +78,7 @@ class Metrics:
         self._gauges: list[Gauge] = []
         self.node: str | None = None  # cluster mode: added as a label to every sample
 
-    def bind(self, runtime: "Runtime") -> None:
+    def bind(self, runtime: Gauged) -> None:
         """Gauges read the runtime's own state when scraped."""
         def gauge(name: str, doc: str, fn: Callable[[], float]) -> None:
             g = Gauge(name, doc, registry=self.registry)

@@ -27,14 +27,15 @@ from chunkd.host import values
 from chunkd.host.component import load_component
 from chunkd.host.engine import EpochClock, make_engine
 from chunkd.hostservices import OutputListener, RuntimeServices
-from chunkd.jobrunner import JobRunner, NotAccepting, QueueFull, UnknownComponent
+from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
+from chunkd.jobrunner import JobRunner
 from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.scheduler import BufferBudget
 from chunkd.sources import Container, build_container
-from chunkd.summary import JobSummary, summary_from_record
+from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -192,12 +193,12 @@ class Runtime:
         if self.cluster is not None:
             return await self.cluster.summary(job_id)
         job = await self.runner.get_job(job_id)
-        return None if job is None else job.summary()
+        return None if job is None else job_summary(job)
 
     async def job_summaries(self, limit: int, state: str | None) -> list[JobSummary]:
         if self.cluster is not None:
             return await self.cluster.summaries(limit, state)
-        live: dict[str, JobSummary] = {j.id: j.summary() for j in self.jobs.values()
+        live: dict[str, JobSummary] = {j.id: job_summary(j) for j in self.jobs.values()
                                        if state is None or j.state == state}
         if self.store is not None:
             for rec in await self.store.recent(limit, state):
@@ -215,8 +216,8 @@ class Runtime:
             return got
         job = await self.runner.get_job(job_id)
         if job is None or job.finished:
-            return None if job is None else job.summary()
-        summary = job.summary()
+            return None if job is None else job_summary(job)
+        summary = job_summary(job)
         self.runner.cancel(job_id)
         return summary
 

@@ -2,31 +2,16 @@
 `chunkd run --json`, and what `chunkd run`, `submit --wait` and `status` print."""
 from __future__ import annotations
 
-import time
-
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from chunkd.units import format_size
 
+from chunkd.streamview import StreamSummary, stream_summary
+
 if TYPE_CHECKING:
-    from chunkd.delivery import Delivery
     from chunkd.jobs import Job
 
-
-class StreamSummary(TypedDict):
-    correlation_id: int
-    container: str
-    blob: str
-    chunk_size: int
-    size: int | None
-    total_chunks: int
-    chunks: int
-    bytes: int
-    retries: int
-    end: str | None  # "completed", "cancelled", "failed(reason)"; None while open
-    started_at: float
-    ended_at: float | None
-    stalled: bool  # open, and no chunk delivered for 30 s (delivery.STALLED_AFTER_S)
+__all__ = ["StreamSummary", "stream_summary", "JobSummary", "InvokeSummary", "job_summary"]
 
 
 class InvokeSummary(TypedDict):
@@ -49,15 +34,6 @@ class JobSummary(TypedDict):
     streams: list[StreamSummary]
     output: list[str]
     node: str | None  # cluster mode: the node that runs or ran the job; null on one machine
-
-
-def stream_summary(d: "Delivery") -> StreamSummary:
-    return {
-        "correlation_id": d.correlation_id, "container": d.stream.container, "blob": d.stream.name,
-        "chunk_size": d.chunk_size, "size": d.size, "total_chunks": d.total_chunks, "chunks": d.stats.chunks,
-        "bytes": d.stats.bytes, "retries": d.stats.retries, "end": None if d.outcome is None else str(d.outcome),
-        "started_at": d.stats.started_at, "ended_at": d.stats.ended_at, "stalled": d.stalled(time.time()),
-    }
 
 
 def job_summary(job: "Job") -> JobSummary:

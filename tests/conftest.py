@@ -108,7 +108,7 @@ def harness(state_dir: Path, blobs: Path, guests: dict[str, Path], probe_guest: 
         rt = Runtime(config_for(state_dir, blobs, guests, **kw))
         h = Harness(rt)
 
-        def listen(job: Job | None, comp: str, fd: str, line: str) -> None:
+        def listen(job: Any, comp: str, fd: str, line: str) -> None:
             if fd == "stdout":
                 h.lines.setdefault(job.id if job else "-", []).append(line)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkd.summary import job_summary
 from chunkd.jobs import COMPLETED, FAILED
 from tests.conftest import make_blob
 
@@ -46,7 +47,7 @@ async def test_numbering_sizes_and_digest(harness, blobs: Path, size: int, chunk
     assert [c[2] for c in got] == [chunk] * (total - 1) + [size - chunk * (total - 1)]
     assert ended(lines, 5) == [f"ended 5 completed {hashlib.sha256(data).hexdigest()}"]
     assert job.state == COMPLETED
-    assert job.summary()["streams"][0]["bytes"] == size
+    assert job_summary(job)["streams"][0]["bytes"] == size
 
 
 async def test_empty_blob_is_one_empty_call(harness, blobs: Path) -> None:

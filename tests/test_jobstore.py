@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from chunkd.summary import job_summary
 from chunkd.jobs import COMPLETED, QUEUED, RUNNING, Job
 from chunkd.jobstore import SqliteJobStore
 
@@ -21,7 +22,7 @@ async def test_round_trip_unfinished_and_prune(tmp_path: Path) -> None:
             await store.save(j.record())
         got = await store.get(old.id)
         assert got is not None and got["args"] == ["a", "ü"] and got["output"] == ["line 1", "line 2"]
-        assert Job.from_record(got).summary()["output"] == ["line 1", "line 2"]
+        assert job_summary(Job.from_record(got))["output"] == ["line 1", "line 2"]
         assert {r["id"] for r in await store.unfinished()} == {queued.id, running.id}
         r = next(r for r in await store.unfinished() if r["id"] == running.id)
         assert r["attempts"] == 2 and r["invoke_ok"] is True

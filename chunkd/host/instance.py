@@ -19,6 +19,7 @@ A batch of handle-chunk calls answers with one CallOutcome per item
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from chunkd.host import values
 if TYPE_CHECKING:
     from chunkd.host.component import LoadedComponent
     from chunkd.host.engine import EpochClock
-    from chunkd.jobs import Job
     from chunkd.sources.base import Blob
 
 log = structlog.get_logger("chunkd.instance")
@@ -155,6 +155,20 @@ class HostStream:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class JobPort(Protocol):
+    """The job an instance serves, as the instance thread sees it (hostservices.py): its
+    id, the stream requests it hands to the delivery loop, the loop's wake-up, and the
+    guest's output. The job itself (chunkd/jobs.py) lives above this layer."""
+
+    id: str
+    output: "collections.deque[str]"
+    output_lines: int
+
+    def add_request(self, req: Any) -> bool: ...
+
+    def wake(self) -> None: ...
+
+
 class HostServices(Protocol):
     """What an instance needs from the daemon, implemented by the runtime."""
 
@@ -224,7 +238,7 @@ class InstanceBase:
         self.memory_bytes = memory_bytes
         self.max_chunk_size = max_chunk_size
         self.broken: str | None = None
-        self.job: Job | None = None  # the job this instance is serving (set by the job runner)
+        self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         self.active_cids: set[int] = set()
         self.streams: dict[int, HostStream] = {}
         self._next_handle = 1
