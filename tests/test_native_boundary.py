@@ -151,3 +151,10 @@ def test_compiled_code_is_cached_across_engines(tmp_path: Path, guests: dict[str
     g3 = third.load("probe", guests["core_probe_c"])
     third.stop()
     assert not g3.from_cache and g3.kind == "component"
+
+
+def test_a_guest_path_that_is_no_regular_file_is_refused(tmp_path: Path, capsys: Any) -> None:
+    """A directory, a device that never ends, or a missing file: a clear error, read no further."""
+    assert "not a regular file" in _check(tmp_path, tmp_path, capsys)
+    assert "not a regular file" in _check(tmp_path, Path("/dev/zero"), capsys)
+    assert "cannot read" in _check(tmp_path, tmp_path / "missing.wasm", capsys)

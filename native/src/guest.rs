@@ -70,8 +70,29 @@ fn store_cache(path: &Path, data: &[u8]) {
     }
 }
 
+/// The largest guest file chunkd reads (a componentize-py component is ~18 MB).
+const MAX_GUEST_BYTES: u64 = 1 << 30;
+
+/// A regular file of at most MAX_GUEST_BYTES (not a directory, a device or a pipe).
+fn read_guest_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_GUEST_BYTES {
+        return Err(std::io::Error::other(format!("{} bytes, above the {MAX_GUEST_BYTES}-byte limit", meta.len())));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    fs::File::open(path)?.take(MAX_GUEST_BYTES + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_GUEST_BYTES {
+        return Err(std::io::Error::other("grew above the size limit while being read"));
+    }
+    Ok(data)
+}
+
 pub fn load(engine: &Engine, label: &str, path: &Path, cache_dir: Option<&Path>) -> Result<Guest, String> {
-    let raw = fs::read(path).map_err(|e| format!("{label}: cannot read: {e}"))?;
+    let raw = read_guest_file(path).map_err(|e| format!("{label}: cannot read: {e}"))?;
     let bytes = if path.extension().is_some_and(|x| x == "wat") {
         wat::parse_bytes(&raw).map_err(|e| format!("{label}: not valid WAT: {e}"))?.into_owned()
     } else {
