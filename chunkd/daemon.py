@@ -76,8 +76,9 @@ class Daemon:
         if self.config.cluster is not None:
             from chunkd.cluster import Cluster
             self.runtime.metrics.node = self.config.cluster.node
-            self.runtime.cluster = Cluster(self.config.cluster, self.runtime, d.max_attempts)
-            await self.runtime.cluster.start()  # interrupted jobs come back by redelivery
+            cluster = Cluster(self.config.cluster, self.runtime, d.max_attempts)
+            self.runtime.use_cluster(cluster)
+            await cluster.start()  # interrupted jobs come back by redelivery
         else:
             resumed, gave_up = await self.runtime.resume()
         is_unix = d.listen.startswith("unix:")

@@ -65,12 +65,21 @@ class JobRunner:
         self._task_of: dict[str, asyncio.Task[None]] = {}
         self._inst_of: dict[str, "InstanceBase"] = {}  # running jobs' instances
         self._scope = TaskScope("jobs")
-        self.queued = 0
-        self.running = 0
+        self._waiting: set[str] = set()  # jobs with a task, waiting for an instance
         self.jobs_finished = 0
         self.jobs_interrupted = 0
 
     # --- intake -------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for an instance (counted from the set that holds them)."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Jobs on an instance now."""
+        return len(self._inst_of)
 
     def _check_submit(self, component: str) -> None:
         if not self.accepting:
@@ -100,7 +109,7 @@ class JobRunner:
 
     def _schedule(self, job: Job) -> None:
         self.jobs[job.id] = job
-        self.queued += 1
+        self._waiting.add(job.id)
         self._task_of[job.id] = self._scope.spawn(self._run_job(job), name=f"job-{job.id}")
         log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, attempts=job.attempts)
 
@@ -226,6 +235,7 @@ class JobRunner:
                 await self._finish(job, Outcome(JobState.FAILED, f"internal error: {e!r}"))
             finally:
                 self._task_of.pop(job.id, None)
+                self._waiting.discard(job.id)
 
     async def _attempt(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
         if claimed is not None:
@@ -233,7 +243,7 @@ class JobRunner:
         else:
             maybe = self.rt.pools.get(job.component)
             if maybe is None:
-                self.queued -= 1
+                self._waiting.discard(job.id)
                 await self._finish(job, Outcome(JobState.FAILED,
                                                 f"component {job.component!r} is no longer configured"))
                 return
@@ -241,8 +251,7 @@ class JobRunner:
             try:
                 inst = await pool.acquire()
             finally:
-                self.queued -= 1
-        self.running += 1
+                self._waiting.discard(job.id)
         self._inst_of[job.id] = inst
         try:
             job.state = JobState.RUNNING
@@ -263,7 +272,6 @@ class JobRunner:
             inst.job = None
             inst.halt = False
             self._inst_of.pop(job.id, None)
-            self.running -= 1
             pool.give_back(inst)
         if outcome.trap is not None:
             self._count_trap(inst, outcome)

@@ -27,6 +27,7 @@ from chunkd.host import values
 from chunkd.host.component import load_component
 from chunkd.host.engine import EpochClock, make_engine
 from chunkd.hostservices import OutputListener, RuntimeServices
+from chunkd.backend import ClusterJobs, JobBackend, LocalJobs
 from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobrunner import JobRunner
 from chunkd.jobs import Job, JobState
@@ -62,6 +63,7 @@ class Runtime:
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunkd-io")
         self.background = TaskScope("runtime")
         self.runner = JobRunner(self, store)
+        self.backend: JobBackend = LocalJobs(self.runner, store, self.live_streams)  # use_cluster() replaces it
         self._services: RuntimeServices | None = None
         self._output_listeners: list[OutputListener] = []
         self.closed = False
@@ -149,8 +151,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Cancel what still runs (jobs, replacements, closes), await it, free everything."""
-        if self.cluster is not None:
-            await self.cluster.close()
+        await self.backend.close()
         await self.runner.close()
         for pool in self.all_pools:
             await pool.close()
@@ -180,57 +181,27 @@ class Runtime:
         return self.runner.submit(component, args)
 
     async def accept(self, component: str, args: list[str]) -> Job:
-        if self.cluster is not None:  # the shared queue, not this node's
-            self.runner._check_submit(component)
-            job = Job(component=component, args=list(args))
-            await self.cluster.accept(job)
-            return job
-        return await self.runner.accept(component, args)
+        return await self.backend.accept(component, args)
+
+    def use_cluster(self, cluster: "Cluster") -> None:
+        """Cluster mode, chosen once at startup (the daemon): jobs live in NATS JetStream."""
+        self.cluster = cluster
+        self.backend = ClusterJobs(cluster, self.runner)
 
     # --- what the API shows: this node's jobs, or the cluster's ----------------------
 
     async def job_summary(self, job_id: str) -> JobSummary | None:
-        if self.cluster is not None:
-            return await self.cluster.summary(job_id)
-        job = await self.runner.get_job(job_id)
-        return None if job is None else job_summary(job)
+        return await self.backend.summary(job_id)
 
     async def job_summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        if self.cluster is not None:
-            return await self.cluster.summaries(limit, state)
-        live: dict[str, JobSummary] = {j.id: job_summary(j) for j in self.jobs.values()
-                                       if state is None or j.state == state}
-        if self.store is not None:
-            for rec in await self.store.recent(limit, state):
-                if rec["id"] not in live:
-                    live[rec["id"]] = summary_from_record(rec)
-        return sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
+        return await self.backend.summaries(limit, state)
 
     async def cancel_job(self, job_id: str) -> JobSummary | None:
         """Operator cancel; the job's summary as it was asked (None: no such job)."""
-        if self.cluster is not None:
-            got = await self.cluster.summary(job_id)
-            if got is None or got["state"] in ("completed", "failed", "cancelled"):
-                return got
-            await self.cluster.cancel(job_id)
-            return got
-        job = await self.runner.get_job(job_id)
-        if job is None or job.finished:
-            return None if job is None else job_summary(job)
-        summary = job_summary(job)
-        self.runner.cancel(job_id)
-        return summary
+        return await self.backend.cancel(job_id)
 
     async def streams_view(self) -> list[dict[str, Any]]:
-        if self.cluster is None:
-            return self.live_streams()
-        out = []
-        for j in await self.cluster.summaries(10_000, "running"):
-            for s in j["streams"]:
-                if s["end"] is None:
-                    out.append({"job_id": j["job_id"], "component": j["component"], "instance": j["instance"],
-                                "node": j["node"], **s})
-        return out
+        return await self.backend.running_streams()
 
     async def run(self, component: str, args: list[str]) -> Job:
         job = self.submit(component, args)
@@ -244,10 +215,7 @@ class Runtime:
         return self.runner.cancel(job_id)
 
     async def drain(self, grace_s: float) -> tuple[int, int]:
-        if self.cluster is not None:
-            self.runner.accepting = False
-            return await self.cluster.drain(grace_s)
-        return await self.runner.drain(grace_s)
+        return await self.backend.drain(grace_s)
 
     async def prune(self, retention_s: float) -> int:
         return await self.runner.prune(retention_s)
