@@ -85,7 +85,7 @@ class ClusterJobs:
         self.runner = runner
 
     async def accept(self, component: str, args: list[str]) -> Job:
-        self.runner._check_submit(component)  # the component exists, and this node takes jobs
+        self.runner.check_submit(component)  # the component exists, and this node takes jobs
         job = Job(component=component, args=list(args))
         await self.cluster.accept(job)
         return job

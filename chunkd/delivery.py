@@ -32,7 +32,7 @@ import structlog
 from chunkd.errors import SourceError
 from chunkd.host import values
 from chunkd.host.instance import DirectRun
-from chunkd.scheduler import BufferBudget, read_with_retry
+from chunkd.flowcontrol import BufferBudget, read_with_retry
 
 if TYPE_CHECKING:
     from chunkd.host.instance import HostStream

@@ -18,7 +18,7 @@ from chunkd.config import LimitsConfig
 from chunkd.errors import SourceError
 from chunkd.host import values
 from chunkd.jobs import StreamRequest
-from chunkd.scheduler import read_with_retry
+from chunkd.flowcontrol import read_with_retry
 from chunkd.tasks import ScopeClosed, TaskScope
 
 if TYPE_CHECKING:

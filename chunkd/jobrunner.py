@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from chunkd.hostservices import RuntimeServices
     from chunkd.metrics import Metrics
     from chunkd.pool import InstancePool
-    from chunkd.scheduler import BufferBudget
+    from chunkd.flowcontrol import BufferBudget
 
 
 class RunnerHost(Protocol):
@@ -81,7 +81,7 @@ class JobRunner:
         """Jobs on an instance now."""
         return len(self._inst_of)
 
-    def _check_submit(self, component: str) -> None:
+    def check_submit(self, component: str) -> None:
         if not self.accepting:
             raise NotAccepting("chunkd is shutting down and takes no new jobs")
         pools = self.rt.pools
@@ -93,17 +93,17 @@ class JobRunner:
 
     def submit(self, component: str, args: list[str]) -> Job:
         """Queue a job in memory only (chunkd run, tests)."""
-        self._check_submit(component)
+        self.check_submit(component)
         job = Job(component=component, args=list(args))
         self._schedule(job)
         return job
 
     async def accept(self, component: str, args: list[str]) -> Job:
         """Queue a job durably: it is in the job store before this returns."""
-        self._check_submit(component)
+        self.check_submit(component)
         job = Job(component=component, args=list(args))
         await self._persist(job)
-        self._check_submit(component)  # the world may have changed while we wrote
+        self.check_submit(component)  # the world may have changed while we wrote
         self._schedule(job)
         return job
 

@@ -15,7 +15,7 @@ from chunkd.host.component import LoadedComponent
 from chunkd.host.engine import EpochClock
 from chunkd.host.instance import HostServices, InstanceBase
 from chunkd.host.kinds import instance_class
-from chunkd.scheduler import Pacer
+from chunkd.flowcontrol import Pacer
 from chunkd.tasks import ScopeClosed, TaskScope
 
 log = structlog.get_logger("chunkd.pool")

@@ -34,7 +34,7 @@ from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
-from chunkd.scheduler import BufferBudget
+from chunkd.flowcontrol import BufferBudget
 from chunkd.sources import Container, build_container
 from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope

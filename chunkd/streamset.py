@@ -21,7 +21,7 @@ from chunkd.host import values
 from chunkd.host.instance import BatchResult, DirectRun, HandleCall
 from chunkd.jobs import JobState
 from chunkd.metrics import observe_many
-from chunkd.scheduler import BufferBudget, Pacer
+from chunkd.flowcontrol import BufferBudget, Pacer
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram

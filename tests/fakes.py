@@ -27,7 +27,7 @@ from chunkd.host.instance import (BatchResult, CallFault, CallOutcome, DirectRea
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.metrics import Metrics
-from chunkd.scheduler import BufferBudget, Pacer
+from chunkd.flowcontrol import BufferBudget, Pacer
 from chunkd.tasks import TaskScope
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from chunkd.delivery import Delivery
 from chunkd.host.instance import DirectRun, HostStream
-from chunkd.scheduler import BufferBudget
+from chunkd.flowcontrol import BufferBudget
 
 
 class SizedBlob:

@@ -195,7 +195,7 @@ class HostServices(Protocol):
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None: ...
 
 
-class _LineBuffer:
+class LineBuffer:
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._buf = bytearray()
         self._emit = emit

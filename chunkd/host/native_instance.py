@@ -20,7 +20,7 @@ from typing import Any
 from chunkd import _native
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import BatchResult, CallFault, CallOutcome, HandleCall, InstanceBase, _LineBuffer
+from chunkd.host.instance import BatchResult, CallFault, CallOutcome, HandleCall, InstanceBase, LineBuffer
 
 NativeErr = tuple[int, str]
 
@@ -38,7 +38,7 @@ class NativeHost:
         def out(fd: str) -> Any:
             return lambda line: (lambda i: i is not None and emit(i, fd, line))(ref())
 
-        self._out = {1: _LineBuffer(out("stdout")), 2: _LineBuffer(out("stderr"))}
+        self._out = {1: LineBuffer(out("stdout")), 2: LineBuffer(out("stderr"))}
 
     def _get(self) -> "NativeInstance":
         inst = self._inst()

@@ -9,7 +9,7 @@ import pytest
 
 from chunkd.errors import SourceError
 from chunkd.jobs import COMPLETED, FAILED
-from chunkd.scheduler import BufferBudget, Pacer
+from chunkd.flowcontrol import BufferBudget, Pacer
 from chunkd.sources.base import Blob, Container
 from tests.conftest import make_blob
 from tests.test_delivery import chunk_lines, ended
