@@ -113,12 +113,10 @@ class RuntimeServices:
         job = inst.job
         logged = True
         if job is not None:
-            if fd == "stdout":
-                job.output.append(line)
-            job.output_lines += 1
-            if job.output_lines > LOGGED_LINES_PER_JOB:  # a flood: keep the log readable
+            seen = job.add_output(fd, line)
+            if seen > LOGGED_LINES_PER_JOB:  # a flood: keep the log readable
                 logged = False
-                if job.output_lines == LOGGED_LINES_PER_JOB + 1:
+                if seen == LOGGED_LINES_PER_JOB + 1:
                     log.warning("guest_output_throttled", component=inst.comp.name, instance=inst.label,
                                 job_id=job.id, logged=LOGGED_LINES_PER_JOB)
         if logged:

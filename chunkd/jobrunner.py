@@ -154,7 +154,7 @@ class JobRunner:
         if job is None or job.finished:
             return job
         job.cancel_requested = True
-        job.ready.set()
+        job.inbox.ready.set()
         if job.state == JobState.QUEUED:
             task = self._task_of.get(job_id)
             if task is not None:
@@ -203,7 +203,7 @@ class JobRunner:
             return False
         job.fenced = reason
         job.cancel_requested = True
-        job.ready.set()
+        job.inbox.ready.set()
         if inst is not None:
             inst.halt = True  # the instance thread skips the rest of its batch
         log.warning("job_fenced", job_id=job_id, reason=reason)
@@ -215,7 +215,7 @@ class JobRunner:
             return
         job.stopped = f"ran past limits.max_job_duration ({limit:g}s)"
         job.cancel_requested = True
-        job.ready.set()
+        job.inbox.ready.set()
         inst.halt = True  # the instance thread skips the rest of its batch
         log.warning("job_stopped", job_id=job.id, reason=job.stopped)
 
@@ -258,7 +258,7 @@ class JobRunner:
             job.started_at = time.time()
             job.instance = inst.label
             job.attempts += 1
-            inst.job = job
+            inst.job = job.inbox
             log.info("job_started", instance=inst.label, attempt=job.attempts)
             await self._persist(job)  # attempts counted before any guest code runs
             limit = self.rt.config.limits.max_job_duration_s

@@ -48,6 +48,66 @@ class StreamRequest:
     start: int
 
 
+class RunInbox:
+    """The one place an instance thread and the event loop share about a running job:
+    stream requests accepted on the instance thread, the delivery loop's wake-up, its
+    queue of ready streams, and guest output. The instance sees only this (as
+    host.instance.JobPort), never the record."""
+
+    def __init__(self, job: "Job") -> None:
+        self._job = job
+        self.requests: list[StreamRequest] = []  # filled from instance threads, drained by the loop
+        self._lock = threading.Lock()
+        self._wake_pending = False  # a wake() is scheduled on the loop and has not run yet
+        self.ready = asyncio.Event()
+        self.ready_streams: collections.deque["Delivery"] = collections.deque()
+
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    @property
+    def output_lines(self) -> int:
+        return self._job.output_lines
+
+    def add_output(self, fd: str, line: str) -> int:
+        """From an instance thread: a guest output line; returns the lines seen so far."""
+        job = self._job
+        if fd == "stdout":
+            job.output.append(line)
+        job.output_lines += 1
+        return job.output_lines
+
+    def mark_ready(self, d: "Delivery") -> None:
+        """A stream has something to deliver: queue it once for the delivery loop."""
+        if not d.in_ready:
+            d.in_ready = True
+            self.ready_streams.append(d)
+        self.ready.set()
+
+    def take_requests(self) -> list[StreamRequest]:
+        with self._lock:
+            reqs, self.requests = self.requests, []
+        return reqs
+
+    def add_request(self, req: StreamRequest) -> bool:
+        """From an instance thread. True when the caller must schedule wake() on the loop:
+        a guest starting 1,000 streams in one call wakes the loop once, not 1,000 times
+        (each wake is a write to the loop's self-pipe and a GIL handoff)."""
+        with self._lock:
+            self.requests.append(req)
+            if self._wake_pending:
+                return False
+            self._wake_pending = True
+            return True
+
+    def wake(self) -> None:
+        """On the loop: the requests added so far (and until this runs) are seen."""
+        with self._lock:
+            self._wake_pending = False
+        self.ready.set()
+
+
 @dataclass
 class Job:
     component: str
@@ -65,12 +125,6 @@ class Job:
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_OUTPUT_LINES))
     past_streams: list[StreamSummary] = field(default_factory=list)  # from the store, for finished jobs
     deliveries: list["Delivery"] = field(default_factory=list)
-    # filled from instance threads, drained by the delivery loop
-    requests: list[StreamRequest] = field(default_factory=list)
-    requests_lock: threading.Lock = field(default_factory=threading.Lock)
-    wake_pending: bool = False  # a wake() is scheduled on the loop and has not run yet
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    ready_streams: collections.deque["Delivery"] = field(default_factory=collections.deque)
     open_streams: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
@@ -79,35 +133,10 @@ class Job:
     stopped: str | None = None  # why chunkd stopped the job (limits.max_job_duration): it fails
     node: str | None = None  # cluster mode: the node that runs or ran it
     output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
+    inbox: "RunInbox" = field(init=False, repr=False)  # what the instance thread and the delivery loop share
 
-    def mark_ready(self, d: "Delivery") -> None:
-        """A stream has something to deliver: queue it once for the delivery loop."""
-        if not d.in_ready:
-            d.in_ready = True
-            self.ready_streams.append(d)
-        self.ready.set()
-
-    def take_requests(self) -> list[StreamRequest]:
-        with self.requests_lock:
-            reqs, self.requests = self.requests, []
-        return reqs
-
-    def add_request(self, req: StreamRequest) -> bool:
-        """From an instance thread. True when the caller must schedule wake() on the loop:
-        a guest starting 1,000 streams in one call wakes the loop once, not 1,000 times
-        (each wake is a write to the loop's self-pipe and a GIL handoff)."""
-        with self.requests_lock:
-            self.requests.append(req)
-            if self.wake_pending:
-                return False
-            self.wake_pending = True
-            return True
-
-    def wake(self) -> None:
-        """On the loop: the requests added so far (and until this runs) are seen."""
-        with self.requests_lock:
-            self.wake_pending = False
-        self.ready.set()
+    def __post_init__(self) -> None:
+        self.inbox = RunInbox(self)
 
     @property
     def finished(self) -> bool:

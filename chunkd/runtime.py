@@ -235,7 +235,7 @@ class Runtime:
         n = 0
         for job in self.jobs.values():
             if job.state == JobState.RUNNING:
-                n += len(job.requests) + sum(1 for d in job.deliveries if d.outcome is None and d.stats.chunks == 0)
+                n += len(job.inbox.requests) + sum(1 for d in job.deliveries if d.outcome is None and d.stats.chunks == 0)
         return n
 
     @property

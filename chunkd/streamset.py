@@ -141,11 +141,11 @@ class StreamSet:
         job = self.job
         s = self.settings
         direct = self.inst.direct_reads
-        for req in job.take_requests():
+        for req in job.inbox.take_requests():
             fd = getattr(req.stream.blob, "direct_fd", None) if direct else None
             d = Delivery(component=self.inst.comp.name, stream=req.stream, correlation_id=req.correlation_id,
                          chunk_size=req.chunk_size, start=req.start, prefetch=s.prefetch, budget=self.budget,
-                         retries=s.retries, backoff_s=s.backoff_s, on_ready=job.mark_ready, job_id=job.id,
+                         retries=s.retries, backoff_s=s.backoff_s, on_ready=job.inbox.mark_ready, job_id=job.id,
                          direct_fd=fd)
             job.deliveries.append(d)
             job.open_streams += 1
@@ -154,7 +154,7 @@ class StreamSet:
             if self._tg is None:
                 continue  # closing: it ends at once
             if d.direct:
-                job.mark_ready(d)  # nothing to read ahead: the instance thread reads each chunk
+                job.inbox.mark_ready(d)  # nothing to read ahead: the instance thread reads each chunk
             else:
                 d.task = self._tg.create_task(d.produce(), name=f"chunkd:produce:{job.id}:{d.correlation_id}")
 
@@ -203,11 +203,11 @@ class StreamSet:
                     continue
                 if job.open_streams == 0 or job.cancel_requested:
                     continue
-                if not job.ready_streams:
-                    job.ready.clear()
-                    if job.ready_streams or job.requests:
+                if not job.inbox.ready_streams:
+                    job.inbox.ready.clear()
+                    if job.inbox.ready_streams or job.inbox.requests:
                         continue
-                    await job.ready.wait()
+                    await job.inbox.ready.wait()
         finally:
             if inflight is not None:  # leaving early (a trap, a cancel, a bug): the batch still
                 batch, task = inflight  # runs on the thread; wait for it, give its chunks back
@@ -231,7 +231,7 @@ class StreamSet:
         batch: list[tuple[Delivery, Chunk]] = []
         nbytes = 0
         nchunks = 0
-        ready = job.ready_streams
+        ready = job.inbox.ready_streams
         limit, max_bytes = (1, BATCH_BYTES) if paced else (DIRECT_BATCH_CHUNKS, DIRECT_BATCH_BYTES)
         share = max(1, limit // max(1, len(ready)))
         while ready and nchunks < limit and nbytes < max_bytes:
@@ -260,7 +260,7 @@ class StreamSet:
             ready.popleft()
             d.in_ready = False
             if d.has_next():  # more ready: back of the line, after the other streams
-                job.mark_ready(d)
+                job.inbox.mark_ready(d)
             batch.append((d, item))
             nbytes += item.length
             nchunks += item.count

@@ -107,9 +107,9 @@ async def test_stream_requests_wake_the_loop_once_per_burst_and_none_is_lost() -
     def producer(base: int) -> None:
         for i in range(2000):
             req = StreamRequest(None, None, 1, base + i, 0)  # type: ignore[arg-type]
-            if job.add_request(req):
+            if job.inbox.add_request(req):
                 wakes[0] += 1
-                loop.call_soon_threadsafe(job.wake)
+                loop.call_soon_threadsafe(job.inbox.wake)
 
     seen: set[int] = set()
     threads = [threading.Thread(target=producer, args=(base,)) for base in (0, 10_000)]
@@ -118,13 +118,13 @@ async def test_stream_requests_wake_the_loop_once_per_burst_and_none_is_lost() -
 
     async def consume() -> None:
         while True:
-            seen.update(r.correlation_id for r in job.take_requests())
+            seen.update(r.correlation_id for r in job.inbox.take_requests())
             if len(seen) == 4000:
                 return
-            job.ready.clear()
-            if job.requests:
+            job.inbox.ready.clear()
+            if job.inbox.requests:
                 continue
-            await job.ready.wait()
+            await job.inbox.ready.wait()
 
     await asyncio.wait_for(consume(), 30)
     for t in threads:

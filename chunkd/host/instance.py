@@ -156,17 +156,20 @@ class HostStream:
 
 
 class JobPort(Protocol):
-    """The job an instance serves, as the instance thread sees it (hostservices.py): its
-    id, the stream requests it hands to the delivery loop, the loop's wake-up, and the
-    guest's output. The job itself (chunkd/jobs.py) lives above this layer."""
+    """The job an instance serves, as the instance thread sees it (hostservices.py): the
+    run's inbox (chunkd/jobs.py RunInbox), never the job record, which lives above."""
 
-    id: str
-    output: "collections.deque[str]"
-    output_lines: int
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def output_lines(self) -> int: ...
 
     def add_request(self, req: Any) -> bool: ...
 
     def wake(self) -> None: ...
+
+    def add_output(self, fd: str, line: str) -> int: ...
 
 
 class HostServices(Protocol):
