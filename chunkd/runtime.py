@@ -36,6 +36,7 @@ from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.flowcontrol import BufferBudget
 from chunkd.sources import Container, build_container
+from chunkd.streamview import stream_summary
 from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope
 
@@ -254,8 +255,5 @@ class Runtime:
             for d in job.deliveries:
                 if d.outcome is None:
                     out.append({"job_id": job.id, "component": job.component, "instance": job.instance,
-                                "correlation_id": d.correlation_id, "container": d.stream.container,
-                                "blob": d.stream.name, "chunk_size": d.chunk_size, "size": d.size,
-                                "total_chunks": d.total_chunks, "chunks": d.stats.chunks, "bytes": d.stats.bytes,
-                                "buffered_chunks": len(d.queue), "started_at": d.stats.started_at})
+                                **stream_summary(d), "buffered_chunks": len(d.queue)})
         return out
