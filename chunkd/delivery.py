@@ -44,24 +44,32 @@ STALLED_AFTER_S = 30.0  # an open stream with no chunk delivered for this long s
 
 @dataclass(slots=True)
 class Chunk:
+    """What the delivery loop hands the instance: one chunk whose bytes are here (read
+    ahead from a source), or a run of `count` consecutive chunks the instance reads itself
+    (a DirectRun: direct mode). Both answer the same questions, without a type check."""
+
     index: int
-    data: bytes | DirectRun  # DirectRun: `count` chunks read by the instance thread (direct mode)
+    data: bytes | DirectRun  # passed as is to the instance (InstanceBase.handle_chunks)
     reserved: int  # budget bytes this chunk gives back when delivered or dropped
+    length: int  # bytes in it
+    unit: int  # bytes of each of its chunks but the last (the chunk size; a bytes chunk: its length)
     unit_end: bool = True  # the last chunk of one source read: frees a read-ahead slot
     slot_freed: bool = False  # its read-ahead slot went back when it was handed to the instance
-    count: int = 1  # chunks in it: more than one only for a DirectRun
+    count: int = 1  # chunks in it: more than one only for a run
 
-    @property
-    def length(self) -> int:
-        d = self.data
-        return d.length if isinstance(d, DirectRun) else len(d)
+    @classmethod
+    def buffered(cls, index: int, data: bytes, reserved: int, unit_end: bool = True) -> "Chunk":
+        return cls(index, data, reserved, len(data), len(data), unit_end=unit_end)
+
+    @classmethod
+    def run(cls, index: int, run: DirectRun) -> "Chunk":
+        return cls(index, run, 0, run.length, run.chunk_size, count=run.count)
 
     def delivered(self, made: int) -> tuple[int, int]:
         """(chunks, bytes) delivered when `made` of its handle-chunk calls returned."""
-        d = self.data
-        if isinstance(d, DirectRun):
-            return d.delivered(made)
-        return (1, len(d)) if made else (0, 0)
+        if made >= self.count:
+            return self.count, self.length
+        return made, made * self.unit
 
 
 @dataclass(slots=True)
@@ -155,7 +163,7 @@ class Delivery:
             hint_length = need - hint_offset
             self._hinted = need
         run = DirectRun(self.direct_fd, offset, cs, k, last, hint_offset, hint_length)
-        return Chunk(i, run, 0, count=k)
+        return Chunk.run(i, run)
 
     @property
     def name(self) -> str:
@@ -220,7 +228,7 @@ class Delivery:
                 last = n == len(pieces) - 1
                 share = left if last else min(len(piece), left)
                 left -= share
-                self._push(Chunk(index + n, piece, share, unit_end=last))
+                self._push(Chunk.buffered(index + n, piece, share, unit_end=last))
             offset += len(data)
             index += len(pieces)
             if self.size is not None and index >= self.total_chunks:
@@ -264,7 +272,7 @@ class Delivery:
 
     def is_last(self, chunk: Chunk) -> bool:
         if self.size is None:
-            return not chunk.data
+            return chunk.length == 0
         return chunk.index + chunk.count == self.total_chunks
 
     def stop(self) -> None:

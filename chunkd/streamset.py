@@ -18,7 +18,7 @@ import structlog
 from chunkd.delivery import Chunk, Delivery, End
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import BatchResult, DirectRun, HandleCall
+from chunkd.host.instance import BatchResult, HandleCall
 from chunkd.jobs import JobState
 from chunkd.metrics import observe_many
 from chunkd.flowcontrol import BufferBudget, Pacer
