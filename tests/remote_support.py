@@ -107,7 +107,7 @@ class Origin:
 class FaultProxy:
     """Forwards to `upstream`; each queued fault applies to one GET that carries a Range:
     "503", "429", "slowdown" (an S3 503 SlowDown body), "drop" (half the body, then the
-    connection is cut)."""
+    connection is cut), "trickle" (the headers at once, then the body a byte every 0.2 s)."""
 
     upstream: str
     faults: collections.deque[str] = field(default_factory=collections.deque)
@@ -137,6 +137,15 @@ class FaultProxy:
             out_headers = {k: v for k, v in up.headers.items()
                            if k.lower() not in ("transfer-encoding", "content-length", "connection",
                                                 "content-encoding", "server", "date")}
+            if fault == "trickle":
+                self.injected.append(fault)
+                resp = web.StreamResponse(status=up.status, headers=out_headers)
+                resp.content_length = len(payload)
+                await resp.prepare(request)
+                for i in range(len(payload)):
+                    await resp.write(payload[i:i + 1])
+                    await asyncio.sleep(0.2)
+                return resp
             if fault == "drop" and len(payload) > 1:
                 self.injected.append(fault)
                 resp = web.StreamResponse(status=up.status, headers=out_headers)

@@ -75,6 +75,28 @@ async def test_throttling_5xx_and_drops_are_retried(harness, s3: Any, proxy: Fau
     assert len(proxy.injected) == 5 and job.deliveries[0].stats.retries == 5
 
 
+async def test_a_trickling_s3_body_is_cut_and_retried(harness, s3: Any, proxy: FaultProxy) -> None:
+    """The same bounds as http: a GetObject body slower than the low-speed limit is cut
+    (a transient error, retried from the offset); when every try trickles, the stream
+    fails in bounded time."""
+    import time
+    data = os.urandom(2 * MiB)
+    s3.put_object(Bucket=BUCKET, Key="data/t.bin", Body=data)
+    proxy.faults.extend(["trickle"])
+    tight = {"low_speed_time": "1s", "low_speed_limit": "1KiB"}
+    async with harness(containers=bucket(f"http://127.0.0.1:{proxy.port}", **tight),
+                       limits={"source_retries": 2, "source_retry_backoff": "1ms"}) as h:
+        job = await h.run("probe", ["open s bkt t.bin", "start s 262144 1"], timeout=60)
+        assert job.state == COMPLETED, job.error
+        assert ended(h.out(job), 1) == [f"ended 1 completed {hashlib.sha256(data).hexdigest()}"]
+        assert job.deliveries[0].stats.retries == 1 and proxy.injected == ["trickle"]
+        proxy.faults.extend(["trickle"] * 3)
+        t0 = time.monotonic()
+        job = await h.run("probe", ["open s bkt t.bin", "start s 262144 2"], timeout=60)
+        assert job.state != COMPLETED and "slower than 1024 bytes/s" in str(job.deliveries[0].outcome)
+        assert time.monotonic() - t0 < 15
+
+
 async def test_object_replaced_mid_stream_fails(harness, s3: Any, moto_url: str) -> None:
     s3.put_object(Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
     async with harness(containers=bucket(moto_url), components={"probe": {"max_bytes_per_second": 2 * MiB}}) as h:
