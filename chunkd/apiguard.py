@@ -1,11 +1,13 @@
-"""A guard in front of the control API's connections: hostile clients hold nothing for ever.
+"""A guard in front of the control API's connections: bounds for hostile clients.
 
 aiohttp reads a request head for as long as the client takes to send it, and
 takes every connection offered. The guard wraps the server's protocol factory:
 at most `daemon.max_connections` connections at once (one more is closed as
 soon as it is accepted), and the first request head of a connection must be
 complete within `daemon.request_head_timeout` (a slowloris is cut). Idle
-keep-alive connections are closed by aiohttp after KEEPALIVE_S.
+keep-alive connections are closed by aiohttp after KEEPALIVE_S. Not bounded: a
+later request trickled on a connection whose first head came at once (the
+connection limit still caps how many such connections there are).
 """
 from __future__ import annotations
 
