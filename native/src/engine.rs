@@ -1,6 +1,7 @@
 //! The one wasmtime engine of the process and its epoch clock.
 //!
-//! The engine has the component model and epoch interruption on. A thread of
+//! The engine has the component model (with its async ABI, for the streams
+//! world) and epoch interruption on. A thread of
 //! its own advances the epoch every `tick` (10 ms): a guest call's budget is
 //! counted in those ticks (see `state::CallClock`).
 
@@ -49,6 +50,9 @@ impl Drop for Clock {
 pub fn make_engine() -> wasmtime::Result<Engine> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
+    // the streams world: async exports, stream<u8> and future (the component-model async ABI)
+    cfg.wasm_component_model_async(true);
+    cfg.concurrency_support(true);
     cfg.epoch_interruption(true);
     Engine::new(&cfg)
 }

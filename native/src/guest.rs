@@ -182,8 +182,14 @@ pub fn wit_type(t: &Type) -> String {
         }
         Type::Own(_) => "own<resource>".into(),
         Type::Borrow(_) => "borrow<resource>".into(),
-        Type::Stream(_) => "stream".into(),
-        Type::Future(_) => "future".into(),
+        Type::Stream(t) => match t.ty() {
+            Some(t) => format!("stream<{}>", wit_type(&t)),
+            None => "stream".into(),
+        },
+        Type::Future(t) => match t.ty() {
+            Some(t) => format!("future<{}>", wit_type(&t)),
+            None => "future".into(),
+        },
         other => format!("{other:?}").split('(').next().unwrap_or("?").to_lowercase(),
     }
 }
@@ -215,23 +221,60 @@ fn export_sig(engine: &Engine, comp: &Component, iface: &str, func: &str) -> Opt
 }
 
 fn check_component(engine: &Engine, label: &str, comp: Component) -> Result<Guest, String> {
-    for (iface, func, want) in wit::COMPONENT_EXPORTS {
+    let consume = export_sig(engine, &comp, wit::CONSUMER_IFACE, "consume");
+    let handler = export_sig(engine, &comp, wit::HANDLER_IFACE, "handle-chunk");
+    let streams = match (&consume, &handler) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{label}: exports both {} and {}: a consumer is of one world, consumer or consumer-streams",
+                wit::HANDLER_IFACE,
+                wit::CONSUMER_IFACE
+            ));
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let mut wanted: Vec<(&str, &str, &str, bool)> =
+        vec![(wit::TRIGGER_IFACE, "invoke", wit::COMPONENT_EXPORTS[1].2, false)];
+    if streams {
+        wanted.push((wit::CONSUMER_IFACE, "consume", wit::CONSUME_SIG, true));
+    } else {
+        let (i, f, w) = wit::COMPONENT_EXPORTS[0];
+        wanted.push((i, f, w, false));
+        let (i, f, w) = wit::COMPONENT_EXPORTS[2];
+        wanted.push((i, f, w, false));
+    }
+    for (iface, func, want, must_be_async) in wanted {
         match export_sig(engine, &comp, iface, func) {
-            None if *iface == wit::EVENTS_IFACE => {}
+            None if iface == wit::EVENTS_IFACE => {}
             None => {
-                return Err(format!("{label}: does not export {iface} ({func}): not a chunkd consumer"));
+                return Err(format!(
+                    "{label}: does not export {iface} ({func}): not a chunkd consumer \
+                     (world consumer exports {}, world consumer-streams exports {})",
+                    wit::HANDLER_IFACE,
+                    wit::CONSUMER_IFACE
+                ));
             }
             Some((got, is_async)) => {
-                if got != *want || is_async {
+                if got != want || is_async != must_be_async {
+                    let how = |a: bool| if a { " (async)" } else { "" };
                     return Err(format!(
-                        "{label}: export {iface}#{func} has type {got}{}, expected {want}",
-                        if is_async { " (async)" } else { "" }
+                        "{label}: export {iface}#{func} has type {got}{}, expected {want}{}",
+                        how(is_async),
+                        how(must_be_async)
                     ));
                 }
             }
         }
     }
-    let has_events = export_sig(engine, &comp, wit::EVENTS_IFACE, "stream-ended").is_some();
+    if streams && export_sig(engine, &comp, wit::EVENTS_IFACE, "stream-ended").is_some() {
+        return Err(format!(
+            "{label}: world consumer-streams tells each end through consume's `end` future; \
+             it does not export {}",
+            wit::EVENTS_IFACE
+        ));
+    }
+    let has_events = streams || export_sig(engine, &comp, wit::EVENTS_IFACE, "stream-ended").is_some();
     let ty = comp.component_type();
     let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     imports.sort();
@@ -247,7 +290,13 @@ fn check_component(engine: &Engine, label: &str, comp: Component) -> Result<Gues
         .map_err(|e| format!("{label}: cannot be linked: {e:#}").lines().next().unwrap_or_default().to_string())?;
     Ok(Guest {
         code: Code::Component { pre },
-        world: if has_events { wit::CONSUMER_WITH_EVENTS } else { wit::CONSUMER },
+        world: if streams {
+            wit::CONSUMER_STREAMS
+        } else if has_events {
+            wit::CONSUMER_WITH_EVENTS
+        } else {
+            wit::CONSUMER
+        },
         has_events,
         imports,
         from_cache: false,

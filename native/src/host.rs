@@ -95,14 +95,18 @@ pub fn read(state: &mut State, handle: u32, len: u64) -> wasmtime::Result<Result
 }
 
 pub fn start_chunking(state: &mut State, handle: u32, chunk: u64, cid: u64) -> wasmtime::Result<Result<(), StreamErr>> {
-    call(state, "start-chunking-read", |_py, h| {
+    let r = call(state, "start-chunking-read", |_py, h| {
         let r = h.call_method1("start_chunking", (handle, chunk, cid))?;
         if r.is_none() {
             Ok(Ok(()))
         } else {
             Ok(Err(StreamErr::from_py(&r)?))
         }
-    })
+    })?;
+    if r.is_ok() {
+        state.started.insert(cid, handle); // the streams world: whose size `consume` is told
+    }
+    Ok(r)
 }
 
 pub fn drop_stream(state: &mut State, handle: u32) -> wasmtime::Result<()> {

@@ -5,7 +5,7 @@
 //! fresh epoch budget per guest call. A trap or a timeout breaks the
 //! instance: the pool replaces it (chunkd/pool.py).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use crate::component::{self, InputStream, StreamEnd};
 use crate::core::{span_err, CoreExports, BORROW_BIT};
 use crate::guest::{Code, Guest};
 use crate::state::{host_time, on_deadline, CallClock, State};
+use crate::streams::{self, ConsumeFunc, Progress, Shared, Stop};
 use crate::wit;
 
 /// How a call went wrong: the Python side words the message.
@@ -46,6 +47,8 @@ impl Fault {
 enum Live {
     Component { store: Store<State>, handle: Func, invoke: Func, ended: Option<Func> },
     Core { store: Store<State>, ex: Box<CoreExports> },
+    /// The streams world: one `consume` call per stream, fed by its `Feed`.
+    Streams { store: Store<State>, invoke: Func, consume: ConsumeFunc, feeds: HashMap<u64, Shared> },
 }
 
 /// One chunk's bytes: held by Python (a bytes object kept alive for the call), or
@@ -201,6 +204,128 @@ fn read_error(got: io::Result<usize>, offset: u64, n: u64) -> Option<String> {
 enum Step {
     Answered(bool),
     Source(String),
+    /// The streams world: the guest closed its reader, or returned, before taking the
+    /// chunk whole (not delivered; the stream stops as if it answered false).
+    Closed,
+}
+
+/// The budget of the streams call in progress (see streams::drive), begun now.
+fn budget(store: &mut Store<State>, timeout: u64) -> streams::Budget {
+    begin(store, timeout);
+    let c = &store.data().clock;
+    streams::Budget { ticks: c.ticks.clone(), waited: c.waited.clone(), start: c.start, timeout }
+}
+
+/// The feed of `cid`'s stream; its `consume` call is started here the first time.
+fn feed_of(
+    store: &mut Store<State>,
+    consume: ConsumeFunc,
+    feeds: &mut HashMap<u64, Shared>,
+    cid: u64,
+) -> Result<Shared, Fault> {
+    if let Some(f) = feeds.get(&cid) {
+        return Ok(f.clone());
+    }
+    let size = match store.data().started.get(&cid).copied() {
+        Some(h) => crate::host::size(store.data_mut(), h).map_err(|e| reason_of(&e, store.data_mut()))?,
+        None => None,
+    };
+    let feed = streams::start(store, consume, cid, size).map_err(|e| reason_of(&e, store.data_mut()))?;
+    feeds.insert(cid, feed.clone());
+    Ok(feed)
+}
+
+/// A fault out of a drive.
+fn stop_fault(stop: Stop, store: &mut Store<State>) -> Fault {
+    match stop {
+        Stop::Expired => Fault::Timeout,
+        Stop::Error(e) => reason_of(&e, store.data_mut()),
+    }
+}
+
+/// The trap a finished `consume` call ended in, if it did.
+fn call_fault(feed: &Shared, store: &mut Store<State>) -> Option<Fault> {
+    let mut f = streams::lock(feed);
+    if matches!(f.done, Some(Err(_))) {
+        if let Some(Err(e)) = f.done.take() {
+            f.done = Some(Ok(Err("the call failed".into())));
+            drop(f);
+            return Some(reason_of(&e, store.data_mut()));
+        }
+    }
+    None
+}
+
+/// One write into `cid`'s stream: `fill` puts its bytes into the feed (or says why it
+/// could not: a direct read's error), then the store runs until the guest took them.
+fn stream_write(
+    store: &mut Store<State>,
+    consume: ConsumeFunc,
+    feeds: &mut HashMap<u64, Shared>,
+    timeout: u64,
+    cid: u64,
+    fill: impl FnOnce(&mut streams::Feed, &State) -> Option<String>,
+) -> Result<Step, Fault> {
+    let feed = feed_of(store, consume, feeds, cid)?;
+    {
+        let mut f = streams::lock(&feed);
+        if f.done.is_some() || f.reader_gone() {
+            drop(f);
+            return match call_fault(&feed, store) {
+                Some(fault) => Err(fault),
+                None => Ok(Step::Closed),
+            };
+        }
+        if let Some(e) = fill(&mut f, store.data()) {
+            f.forget();
+            return Ok(Step::Source(e));
+        }
+        f.filled();
+    }
+    let b = budget(store, timeout);
+    let r = streams::drive(store, &feed, true, &b);
+    if let Some(fault) = call_fault(&feed, store) {
+        return Err(fault);
+    }
+    match r {
+        Ok(Progress::Taken) => Ok(Step::Answered(true)),
+        Ok(Progress::ReaderGone | Progress::Returned) => {
+            streams::lock(&feed).forget();
+            Ok(Step::Closed)
+        }
+        Err(stop) => Err(stop_fault(stop, store)),
+    }
+}
+
+/// The end of `cid`'s stream: `end` resolves, the data stream closes, and the store runs
+/// until `consume` returns. A stream that ended before its first write still gets its
+/// call (an empty stream, then its end). Returns the guest's error, if it returned one.
+fn stream_end(
+    store: &mut Store<State>,
+    consume: ConsumeFunc,
+    feeds: &mut HashMap<u64, Shared>,
+    timeout: u64,
+    cid: u64,
+    end: StreamEnd,
+) -> Result<Option<String>, Fault> {
+    let feed = feed_of(store, consume, feeds, cid)?;
+    feeds.remove(&cid);
+    store.data_mut().started.remove(&cid);
+    streams::lock(&feed).finish(end);
+    let b = budget(store, timeout);
+    let r = streams::drive(store, &feed, false, &b);
+    if let Some(fault) = call_fault(&feed, store) {
+        return Err(fault);
+    }
+    match r {
+        Ok(_) => {}
+        Err(stop) => return Err(stop_fault(stop, store)),
+    }
+    let verdict = match streams::lock(&feed).done.take() {
+        Some(Ok(Err(msg))) => Some(msg),
+        _ => None,
+    };
+    Ok(verdict)
 }
 
 impl Inner {
@@ -228,18 +353,24 @@ impl Inner {
         }
     }
 
-    /// One handle-chunk call with `data` from Python's bytes.
-    fn call_bytes(&mut self, timeout: u64, it: &Item, data: &[u8]) -> Result<bool, Fault> {
+    /// One handle-chunk call (the streams world: one write) with `data` from Python's bytes.
+    fn call_bytes(&mut self, timeout: u64, it: &Item, data: &[u8]) -> Result<Step, Fault> {
         self.tick_panic();
         let live = self.live()?;
         let r = match live {
+            Live::Streams { store, consume, feeds, .. } => {
+                stream_write(store, *consume, feeds, timeout, it.cid, |f, _| {
+                    f.put(data);
+                    None
+                })
+            }
             Live::Component { store, handle, .. } => {
                 begin(store, timeout);
                 let f = handle.typed::<(Resource<InputStream>, u64, u64, u64, &[u8]), (bool,)>(&*store);
                 match f.and_then(|f| {
                     f.call(&mut *store, (Resource::new_borrow(it.handle), it.cid, it.current, it.total, data))
                 }) {
-                    Ok((b,)) => Ok(b),
+                    Ok((b,)) => Ok(Step::Answered(b)),
                     Err(e) => Err(reason_of(&e, store.data_mut())),
                 }
             }
@@ -259,11 +390,7 @@ impl Inner {
                     },
                     data.len() as u64,
                 );
-                match r {
-                    Ok(Step::Answered(b)) => Ok(b),
-                    Ok(Step::Source(_)) => unreachable!("bytes are never short"),
-                    Err(e) => Err(reason_of(&e, store.data_mut())),
-                }
+                r.map_err(|e| reason_of(&e, store.data_mut()))
             }
         };
         r.map_err(|f| self.fail(f))
@@ -283,6 +410,13 @@ impl Inner {
         let mut buf = std::mem::take(&mut self.buf);
         let live = self.live()?;
         let r = match live {
+            Live::Streams { store, consume, feeds, .. } => {
+                stream_write(store, *consume, feeds, timeout, it.cid, |f, st| {
+                    let dst = f.put_with(n as usize);
+                    let got = host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, dst, offset));
+                    read_error(got, offset, n)
+                })
+            }
             Live::Component { store, handle, .. } => {
                 if buf.len() < n as usize {
                     buf.resize(n as usize, 0);
@@ -359,10 +493,14 @@ impl Inner {
                     // and Python bytes are immutable.
                     let data = unsafe { std::slice::from_raw_parts(*ptr as *const u8, *len) };
                     match self.call_bytes(timeout, it, data) {
-                        Ok(more) => {
+                        Ok(step) => {
+                            let (more, made) = match step {
+                                Step::Answered(b) => (b, 1),
+                                _ => (false, 0), // the streams world: not taken whole
+                            };
                             out.push(CallResult {
                                 answer: Answer::Bool(more),
-                                made: 1,
+                                made,
                                 seconds: t0.elapsed().as_secs_f64(),
                             });
                             if !more {
@@ -397,6 +535,10 @@ impl Inner {
                             }
                             Ok(Step::Source(e)) => {
                                 answer = Answer::SourceError(e);
+                                break;
+                            }
+                            Ok(Step::Closed) => {
+                                answer = Answer::Bool(false);
                                 break;
                             }
                             Err(f) => {
@@ -558,6 +700,7 @@ impl Instance {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
             host_error: None,
+            started: HashMap::new(),
         };
         let engine = match &self.guest.code {
             Code::Component { pre } => pre.engine().clone(),
@@ -579,12 +722,23 @@ impl Instance {
                     let f = inst.get_export_index(&mut *store, Some(&i), name)?;
                     inst.get_func(&mut *store, f)
                 };
-                let handle = find(&mut store, wit::HANDLER_IFACE, "handle-chunk");
                 let invoke = find(&mut store, wit::TRIGGER_IFACE, "invoke");
-                let ended = find(&mut store, wit::EVENTS_IFACE, "stream-ended");
-                match (handle, invoke) {
-                    (Some(handle), Some(invoke)) => Live::Component { store, handle, invoke, ended },
-                    _ => return Err(Fault::Trap("the component lost its exports".into())),
+                if self.guest.world == wit::CONSUMER_STREAMS {
+                    let consume = find(&mut store, wit::CONSUMER_IFACE, "consume");
+                    let typed = consume.map(|c| c.typed(&store));
+                    match (typed, invoke) {
+                        (Some(Ok(consume)), Some(invoke)) => {
+                            Live::Streams { store, invoke, consume, feeds: HashMap::new() }
+                        }
+                        _ => return Err(Fault::Trap("the component lost its exports".into())),
+                    }
+                } else {
+                    let handle = find(&mut store, wit::HANDLER_IFACE, "handle-chunk");
+                    let ended = find(&mut store, wit::EVENTS_IFACE, "stream-ended");
+                    match (handle, invoke) {
+                        (Some(handle), Some(invoke)) => Live::Component { store, handle, invoke, ended },
+                        _ => return Err(Fault::Trap("the component lost its exports".into())),
+                    }
                 }
             }
             Code::Core { pre, initialize, has_post_handle, has_post_invoke } => {
@@ -699,6 +853,27 @@ impl Instance {
         let timeout = self.timeout_ticks;
         self.with_inner(py, move |inner| {
             let r = match inner.live()? {
+                Live::Streams { store, invoke, consume, feeds } => {
+                    // streams a job left open (its end never told): cancelled, their calls
+                    // returned, before the next job's invoke
+                    let stale: Vec<u64> = feeds.keys().copied().collect();
+                    let mut r = Ok(());
+                    for cid in stale {
+                        if let Err(f) = stream_end(store, *consume, feeds, timeout, cid, StreamEnd::Cancelled) {
+                            r = Err(f);
+                            break;
+                        }
+                    }
+                    r.and_then(|_| {
+                        begin(store, timeout);
+                        let f = invoke.typed::<(Vec<String>,), (Result<String, String>,)>(&*store);
+                        match f.and_then(|f| f.call(&mut *store, (args,))) {
+                            Ok((Ok(s),)) => Ok((true, s)),
+                            Ok((Err(s),)) => Ok((false, s)),
+                            Err(e) => Err(reason_of(&e, store.data_mut())),
+                        }
+                    })
+                }
                 Live::Component { store, invoke, .. } => {
                     begin(store, timeout);
                     let f = invoke.typed::<(Vec<String>,), (Result<String, String>,)>(&*store);
@@ -753,10 +928,20 @@ impl Instance {
     }
 
     /// stream-ended(correlation-id, end): kind 0 completed, 1 cancelled, 2 failed(reason).
-    fn stream_ended(&self, py: Python<'_>, cid: u64, kind: u8, reason: String) -> PyResult<()> {
+    /// The streams world: `end` resolves, `data` closes, and the `consume` call is waited
+    /// for; returns the error it returned, if it did.
+    fn stream_ended(&self, py: Python<'_>, cid: u64, kind: u8, reason: String) -> PyResult<Option<String>> {
         let timeout = self.timeout_ticks;
         self.with_inner(py, move |inner| {
             let r = match inner.live()? {
+                Live::Streams { store, consume, feeds, .. } => {
+                    let end = match kind {
+                        0 => StreamEnd::Completed,
+                        1 => StreamEnd::Cancelled,
+                        _ => StreamEnd::Failed(reason),
+                    };
+                    return stream_end(store, *consume, feeds, timeout, cid, end).map_err(|f| inner.fail(f));
+                }
                 Live::Component { store, ended: Some(f), .. } => {
                     begin(store, timeout);
                     let end = match kind {
@@ -787,7 +972,7 @@ impl Instance {
                 }
                 _ => Ok(()),
             };
-            r.map_err(|f| inner.fail(f))
+            r.map(|_| None).map_err(|f| inner.fail(f))
         })
     }
 

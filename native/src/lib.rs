@@ -21,6 +21,7 @@ mod host;
 mod instance;
 mod output;
 mod state;
+mod streams;
 mod wit;
 
 create_exception!(_native, LoadError, PyException, "A guest that cannot be loaded, or is not a chunkd consumer.");

@@ -57,6 +57,8 @@ pub struct State {
     pub table: ResourceTable,
     /// A Python exception raised by a host callback, kept to explain the trap it caused.
     pub host_error: Option<String>,
+    /// correlation-id -> stream handle of each chunked read started (the streams world).
+    pub started: std::collections::HashMap<u64, u32>,
 }
 
 impl WasiView for State {

@@ -6,9 +6,15 @@ pub const BLOBS_IFACE: &str = "chunkd:streams/blobs@0.1.0";
 pub const HANDLER_IFACE: &str = "chunkd:streams/chunked-stream-handler@0.1.0";
 pub const EVENTS_IFACE: &str = "chunkd:streams/chunked-stream-events@0.1.0";
 pub const TRIGGER_IFACE: &str = "chunkd:streams/trigger@0.1.0";
+pub const CONSUMER_IFACE: &str = "chunkd:streams/stream-consumer@0.1.0";
 
 pub const CONSUMER: &str = "consumer";
 pub const CONSUMER_WITH_EVENTS: &str = "consumer-with-events";
+pub const CONSUMER_STREAMS: &str = "consumer-streams";
+
+/// The streams world's export: an async function (the one async export chunkd calls).
+pub const CONSUME_SIG: &str =
+    "(u64, option<u64>, stream<u8>, future<variant { completed, cancelled, failed(string) }>) -> (result<_, string>)";
 
 /// (interface, function, WIT signature) of every component export chunkd calls;
 /// the events interface is optional.
