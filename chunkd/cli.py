@@ -15,6 +15,7 @@ import uvloop
 
 from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
+from chunkd.host.wit import CONSUMER_STREAMS
 from chunkd.jobs import COMPLETED, Job
 from chunkd.logging import configure_logging
 from chunkd.summary import describe, job_summary
@@ -194,7 +195,9 @@ def cmd_check(config: Config) -> int:
             print(f"component {name}: FAIL: {e}")
             problems += 1
             continue
-        path = "core-module path" if loaded.kind == "core" else "component path"
+        path = ("core-module path: handle-chunk calls" if loaded.kind == "core" else
+                "component path: writes into one stream<u8> per read" if loaded.info.world == CONSUMER_STREAMS
+                else "component path: handle-chunk calls")
         print(f"component {name}: ok: exports {loaded.info.world} ({path}, native host core)")
     print(f"{config.file}: {'ok' if not problems else f'{problems} problem(s)'}")
     return EXIT_OK if not problems else EXIT_CONFIG

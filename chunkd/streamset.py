@@ -131,6 +131,10 @@ class StreamSet:
             return Outcome(JobState.FAILED, job.stopped)
         if job.cancel_requested:
             return Outcome(JobState.CANCELLED, "cancelled by operator")
+        if inst.verdicts:  # the streams world: a consume call returned an error
+            names = {d.correlation_id: d.name for d in job.deliveries}
+            return Outcome(JobState.FAILED, f"{len(inst.verdicts)} consume call(s) returned an error: " + "; ".join(
+                f"{names.get(cid, '?')} (correlation-id {cid}): {clip_result(msg)}" for cid, msg in inst.verdicts[:5]))
         bad = [d for d in job.deliveries if d.outcome != values.COMPLETED]
         if not bad:
             return Outcome(JobState.COMPLETED)

@@ -207,10 +207,11 @@ class FakeInstance(InstanceBase):
     def has_events(self) -> bool:
         return True
 
-    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> str | None:
         self.seen.ended.setdefault(correlation_id, []).append(end)
         if self.plan.trap_in_ended:
             raise CallFault("trap", "injected trap in stream-ended")
+        return None
 
 
 class FakePool:

@@ -136,8 +136,8 @@ def test_check_names_the_path_and_refuses_bad_core_modules(tmp_path: Path, state
     good = write_config(tmp_path, state_dir, blobs, {"fast": guests["core_probe"], "slow": guests["sha256"]})
     assert main(["check", "-c", str(good)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert "component fast: ok: exports consumer-with-events (core-module path, native host core)" in out
-    assert "component slow: ok: exports consumer-with-events (component path, native host core)" in out
+    assert "component fast: ok: exports consumer-with-events (core-module path: handle-chunk calls, native host core)" in out
+    assert "component slow: ok: exports consumer-with-events (component path: handle-chunk calls, native host core)" in out
     wasi = tmp_path / "wasi.wat"
     shutil.copy(WAT / "core-wants-wasi.wat", wasi)
     bad = write_config(tmp_path, state_dir, blobs, {"wasi": wasi})

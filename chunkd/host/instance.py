@@ -29,6 +29,7 @@ import structlog
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
+from chunkd.host.wit import CONSUMER_STREAMS
 
 if TYPE_CHECKING:
     from chunkd.host.component import LoadedComponent
@@ -244,6 +245,9 @@ class InstanceBase:
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         self.active_cids: set[int] = set()
         self.streams: dict[int, HostStream] = {}
+        # the streams world: the errors this job's consume calls returned (correlation-id,
+        # message), in the order their ends were told; reset by each invoke
+        self.verdicts: list[tuple[int, str]] = []
         self._next_handle = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
         self._closed = False
@@ -312,7 +316,8 @@ class InstanceBase:
     def _run_batch(self, calls: list[HandleCall], fresh: bool) -> BatchResult:
         raise NotImplementedError
 
-    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> str | None:
+        """Tells the end; the streams world returns the error consume returned, if any."""
         raise NotImplementedError
 
     @property
@@ -322,6 +327,7 @@ class InstanceBase:
     # --- calls into the guest (loop side) ----------------------------------------
 
     async def invoke(self, args: list[str]) -> tuple[bool, str]:
+        self.verdicts = []
         return await self._on_thread(self._guarded, "invoke", self._invoke, args)
 
     async def handle_chunks(self, calls: list[HandleCall], fresh: bool = True) -> BatchResult:
@@ -352,7 +358,7 @@ class InstanceBase:
 
     async def stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
         if self.has_events and not self.broken:
-            await self._on_thread(self._guarded, "stream-ended", self._stream_ended, correlation_id, end)
+            await self._on_thread(self._tell_ended, [(correlation_id, end)])
 
     async def streams_ended(self, ends: list[tuple[int, values.StreamEnd]]) -> None:
         """stream-ended for several streams, in order, in one trip to the instance thread;
@@ -364,7 +370,14 @@ class InstanceBase:
         for correlation_id, end in ends:
             if self.broken:
                 return
-            self._guarded("stream-ended", self._stream_ended, correlation_id, end)
+            verdict = self._guarded(self.end_call, self._stream_ended, correlation_id, end)
+            if verdict is not None:
+                self.verdicts.append((correlation_id, verdict))
+
+    @property
+    def end_call(self) -> str:
+        """The guest call an end is told in, for messages."""
+        return "consume" if self.comp.info.world == CONSUMER_STREAMS else "stream-ended"
 
     # --- call bookkeeping (instance thread) ---------------------------------------
 

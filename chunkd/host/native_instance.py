@@ -2,7 +2,8 @@
 
 NativeInstance is the one way production chunkd runs a guest, component or
 core module alike: every call (instantiate, invoke, a whole batch of
-handle-chunk calls, stream-ended) is one call into the extension, which
+handle-chunk calls or of writes into streams, stream-ended) is one call into
+the extension, which
 releases the GIL for its duration, re-arms the epoch deadline per guest call
 and catches its own panics. Chunk bytes never pass through Python: a bytes
 chunk is lowered from the bytes object with one copy, a file chunk is
@@ -122,9 +123,9 @@ class NativeInstance(InstanceBase):
         except _native.GuestFault as e:
             raise _fault(e) from None
 
-    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> None:
+    def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> str | None:
         try:
-            self.native.stream_ended(correlation_id, end.discriminant, end.reason)
+            return self.native.stream_ended(correlation_id, end.discriminant, end.reason)
         except _native.GuestFault as e:
             raise _fault(e) from None
 

@@ -14,12 +14,14 @@ BLOBS_IFACE = f"{PACKAGE}/blobs@{VERSION}"
 HANDLER_IFACE = f"{PACKAGE}/chunked-stream-handler@{VERSION}"
 EVENTS_IFACE = f"{PACKAGE}/chunked-stream-events@{VERSION}"
 TRIGGER_IFACE = f"{PACKAGE}/trigger@{VERSION}"
+CONSUMER_IFACE = f"{PACKAGE}/stream-consumer@{VERSION}"
 
 HOST_IMPORTS = (TYPES_IFACE, BLOBS_IFACE)
 
 # worlds
 CONSUMER = "consumer"
 CONSUMER_WITH_EVENTS = "consumer-with-events"
+CONSUMER_STREAMS = "consumer-streams"  # WASI 0.3 style: an async consume reads a stream<u8>
 
 # the core-module (canonical ABI) names of the same functions
 EXPORT_INVOKE = f"{TRIGGER_IFACE}#invoke"
