@@ -379,6 +379,11 @@ class InstanceBase:
         """The guest call an end is told in, for messages."""
         return "consume" if self.comp.info.world == CONSUMER_STREAMS else "stream-ended"
 
+    @property
+    def chunk_call(self) -> str:
+        """The guest call chunks are delivered in, for messages."""
+        return "consume" if self.comp.info.world == CONSUMER_STREAMS else "handle-chunk"
+
     # --- call bookkeeping (instance thread) ---------------------------------------
 
     def _guarded(self, what: str, fn: Callable[..., T], *args: Any) -> T:

@@ -136,7 +136,7 @@ class NativeInstance(InstanceBase):
         outcomes = [CallOutcome(r.answer, r.made, r.seconds,
                                 SourceError(r.source_error) if r.source_error is not None else None)
                     for r in results]
-        trap = self.classify(CallFault(*fault), "handle-chunk") if fault is not None else None
+        trap = self.classify(CallFault(*fault), self.chunk_call) if fault is not None else None
         return BatchResult(outcomes, trap)
 
     def inject_panic(self, after_calls: int) -> None:

@@ -28,6 +28,7 @@
 //!   ["twice", CONTAINER, NAME, CHUNK, CID]  open two streams and start both with CID
 //!                                    (the second must fail: invalid-argument); both logged
 //!   ["many", CONTAINER, NAME, CHUNK, COUNT]  COUNT quiet streams of one blob (cids 0..COUNT-1)
+//!   ["pair", CONTAINER, NAME1, NAME2, CHUNK, CID1, CID2]  two logged streams in one job
 //!   ["report"]  returns everything logged since the last report
 //!   ["fail"]    returns err("asked to fail")
 //!   ["trap"]    traps
@@ -304,6 +305,16 @@ impl Trigger for Probe {
                     }
                     None => Err("again: no stream started yet".into()),
                 })
+            }
+            ["pair", container, first, second, chunk, cid1, cid2] => {
+                // two logged streams in one job (fairness between them)
+                let cfg = Cfg { chunk: num(chunk) as u64, stop_at: -1, mode: Mode::Log };
+                for (name, cid) in [(first, cid1), (second, cid2)] {
+                    let Some(s) = open(container, name) else { return Ok("open failed".into()) };
+                    let _ = start(&s, num(cid) as u64, cfg, true);
+                    std::mem::forget(s); // kept open, like the 6-argument form's last stream
+                }
+                Ok("pair".into())
             }
             ["twice", container, name, chunk, cid] => {
                 let Some(first) = open(container, name) else { return Ok("open failed".into()) };
