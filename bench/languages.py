@@ -5,6 +5,8 @@ this process and checks the digest; the baseline is hashlib.sha256 over plain re
 of the same file in the same process. What each row measures is the guest's own
 hashing plus chunkd's delivery on that guest's path:
   python     componentize-py component (CPython in wasm)      -> component path
+  python-streams  the same sha256 in the streams world (examples/sha256-streams: an async
+             consume reads a stream<u8>)                       -> component path, streams
   js         componentize-js component (SpiderMonkey, interpreted in wasm) -> component path
   c-core     the C example as a core module                    -> core path (direct reads)
   c-component  the same C, componentized with jco              -> component path
@@ -31,7 +33,8 @@ from chunkd.runtime import Runtime  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = MiB
-ROWS = [("python", "sha256"), ("js", "sha256_js"), ("c-core", "sha256_c_core"), ("c-component", "sha256_c"), ("rust", "sha256_rs")]
+ROWS = [("python", "sha256"), ("python-streams", "sha256_streams"), ("js", "sha256_js"), ("c-core", "sha256_c_core"),
+        ("c-component", "sha256_c"), ("rust", "sha256_rs")]
 
 
 def raw_sha256(path: Path) -> tuple[float, str]:

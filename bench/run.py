@@ -4,6 +4,10 @@
   component  chunkd's component path end to end: the C touch guest (tests/guests/core_probe)
              componentized with jco, so the ratio to `core` measures the host, not the guest
   component_python  the same path with the Python touch guest (bench/guests/touch, componentize-py)
+  streams    the streams world (consumer-streams, WASI 0.3 style) end to end: the Rust probe
+             (tests/guests/streams_probe) reads one stream<u8> with a chunk-size buffer and
+             touches every byte the same way the C probe does (xor of 8-byte words, SIMD)
+  streams_receive  the same, the guest only receiving the bytes
   core       chunkd's core-module path end to end (tests/guests/core_probe, C)
   core_receive  the same, the guest only receiving the bytes (no pass over them): the data
              path alone
@@ -60,7 +64,8 @@ def config(folder: Path, state: Path, comps: dict[str, dict[str, Any]], **limits
 
 GUEST = {"component": str(ROOT / "build" / "guests" / "core_probe_c.wasm"),
          "component_python": str(ROOT / "build" / "guests" / "touch.wasm"),
-         "core": str(ROOT / "build" / "guests" / "core_probe.wasm")}
+         "core": str(ROOT / "build" / "guests" / "core_probe.wasm"),
+         "streams": str(ROOT / "build" / "guests" / "streams_probe.wasm")}
 
 
 def job_args(kind: str, name: str, chunk: int, mode: str = "quiet") -> list[str]:
@@ -183,7 +188,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     rt = Runtime(config(folder, tmp / "state", {
         "component": {"path": GUEST["component"], "prefetch_chunks": 2},
         "component_python": {"path": GUEST["component_python"], "prefetch_chunks": 2},
-        "core": {"path": GUEST["core"], "prefetch_chunks": 2}}))
+        "core": {"path": GUEST["core"], "prefetch_chunks": 2},
+        "streams": {"path": GUEST["streams"], "prefetch_chunks": 2}}))
     await rt.start()
     try:
         # scheduling: 1,000 concurrent small streams (64 KiB, 4 KiB chunks) on the core path
@@ -207,6 +213,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cases.append({"path": "raw", "chunk_size": chunk, "mb_per_s": round(raw, 1)})
             comp = max([await chunkd_path(rt, "component", "blob.bin", size, chunk) for _ in range(3)])
             cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
+            strm = max([await chunkd_path(rt, "streams", "blob.bin", size, chunk) for _ in range(3)])
+            cases.append({"path": "streams", "chunk_size": chunk, "mb_per_s": round(strm, 1)})
+            srecv = max([await chunkd_path(rt, "streams", "blob.bin", size, chunk, "receive") for _ in range(3)])
+            cases.append({"path": "streams_receive", "chunk_size": chunk, "mb_per_s": round(srecv, 1)})
             pyc = max([await chunkd_path(rt, "component_python", "py.bin", py_size, chunk) for _ in range(2)])
             cases.append({"path": "component_python", "chunk_size": chunk, "mb_per_s": round(pyc, 1),
                           "bytes_measured": py_size})
@@ -225,7 +235,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cases.append({"path": "core_receive", "chunk_size": chunk, "mb_per_s": round(recv, 1)})
             peer = max(extism_read(folder / "blob.bin", chunk) for _ in range(2))
             cases.append({"path": "extism", "chunk_size": chunk, "mb_per_s": round(peer, 1)})
-            print(f"  {chunk:>8} B: raw {raw:.1f} component {comp:.1f} component_python {pyc:.1f} "
+            print(f"  {chunk:>8} B: raw {raw:.1f} component {comp:.1f} streams {strm:.1f} (receive-only "
+                  f"{srecv:.1f}) component_python {pyc:.1f} "
                   f"ceiling {ceil:.1f} core {core:.1f} (receive-only {recv:.1f}) extism {peer:.1f} MB/s",
                   file=sys.stderr)
     finally:
@@ -295,6 +306,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "component_vs_ceiling_x": ratio(cases, "component", "c_api_ceiling", 1),
         "component_python_vs_ceiling_x": ratio(cases, "component_python", "c_api_ceiling", 1),
         "component_vs_core_pct": ratio(cases, "component", "core", 100),
+        "streams_vs_raw_pct": ratio(cases, "streams", "raw", 100),
+        "streams_vs_component_pct": ratio(cases, "streams", "component", 100),
+        "streams_receive_vs_raw_pct": ratio(cases, "streams_receive", "raw", 100),
         "notes": notes,
     }
     print_table(result)
@@ -327,6 +341,9 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"component path vs raw {k:>8}: {pct:5.1f}%; {r['component_vs_ceiling_x'][k]:7.1f}x the C-API ceiling "
               f"({r['c_api_ceiling_source']}); {r['component_vs_core_pct'][k]:5.1f}% of the core path; "
               f"Python guest {r['component_python_vs_ceiling_x'][k]:.1f}x the ceiling")
+    for k, pct in r["streams_vs_raw_pct"].items():
+        print(f"streams world vs raw {k:>8}: {pct:5.1f}%; {r['streams_vs_component_pct'][k]:5.1f}% of the handle-chunk "
+              f"component path; receive-only guest {r['streams_receive_vs_raw_pct'][k]:5.1f}% of raw")
     s = r["notes"]["sched"]
     print(f"scheduling overhead: {r['sched_overhead_us']} us/chunk ({s['streams']} streams, {s['chunks']} chunks, "
           f"{s['per_chunk_total_us']} us total - {s['guest_call_us']} us guest call); peak RSS {s['peak_rss_mb']} MB")

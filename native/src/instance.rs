@@ -256,15 +256,15 @@ fn call_fault(feed: &Shared, store: &mut Store<State>) -> Option<Fault> {
     None
 }
 
-/// One write into `cid`'s stream: `fill` puts its bytes into the feed (or says why it
-/// could not: a direct read's error), then the store runs until the guest took them.
+/// One write of `data` into `cid`'s stream: the store runs until the guest took it whole.
+/// The feed borrows `data` for this call only (forgotten before it returns, on every path).
 fn stream_write(
     store: &mut Store<State>,
     consume: ConsumeFunc,
     feeds: &mut HashMap<u64, Shared>,
     timeout: u64,
     cid: u64,
-    fill: impl FnOnce(&mut streams::Feed, &State) -> Option<String>,
+    data: &[u8],
 ) -> Result<Step, Fault> {
     let feed = feed_of(store, consume, feeds, cid)?;
     {
@@ -276,23 +276,17 @@ fn stream_write(
                 None => Ok(Step::Closed),
             };
         }
-        if let Some(e) = fill(&mut f, store.data()) {
-            f.forget();
-            return Ok(Step::Source(e));
-        }
-        f.filled();
+        f.put(data);
     }
     let b = budget(store, timeout);
     let r = streams::drive(store, &feed, true, &b);
+    streams::lock(&feed).forget();
     if let Some(fault) = call_fault(&feed, store) {
         return Err(fault);
     }
     match r {
         Ok(Progress::Taken) => Ok(Step::Answered(true)),
-        Ok(Progress::ReaderGone | Progress::Returned) => {
-            streams::lock(&feed).forget();
-            Ok(Step::Closed)
-        }
+        Ok(Progress::ReaderGone | Progress::Returned) => Ok(Step::Closed),
         Err(stop) => Err(stop_fault(stop, store)),
     }
 }
@@ -358,12 +352,7 @@ impl Inner {
         self.tick_panic();
         let live = self.live()?;
         let r = match live {
-            Live::Streams { store, consume, feeds, .. } => {
-                stream_write(store, *consume, feeds, timeout, it.cid, |f, _| {
-                    f.put(data);
-                    None
-                })
-            }
+            Live::Streams { store, consume, feeds, .. } => stream_write(store, *consume, feeds, timeout, it.cid, data),
             Live::Component { store, handle, .. } => {
                 begin(store, timeout);
                 let f = handle.typed::<(Resource<InputStream>, u64, u64, u64, &[u8]), (bool,)>(&*store);
@@ -411,11 +400,17 @@ impl Inner {
         let live = self.live()?;
         let r = match live {
             Live::Streams { store, consume, feeds, .. } => {
-                stream_write(store, *consume, feeds, timeout, it.cid, |f, st| {
-                    let dst = f.put_with(n as usize);
-                    let got = host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, dst, offset));
-                    read_error(got, offset, n)
-                })
+                // into the instance's one read buffer, as on the component path
+                if buf.len() < n as usize {
+                    buf.resize(n as usize, 0);
+                }
+                let st = store.data();
+                let got =
+                    host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, &mut buf[..n as usize], offset));
+                match read_error(got, offset, n) {
+                    Some(e) => Ok(Step::Source(e)),
+                    None => stream_write(store, *consume, feeds, timeout, it.cid, &buf[..n as usize]),
+                }
             }
             Live::Component { store, handle, .. } => {
                 if buf.len() < n as usize {

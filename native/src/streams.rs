@@ -41,10 +41,19 @@ pub type ConsumeFunc = TypedFunc<(u64, Option<u64>, StreamReader<u8>, FutureRead
 /// How the guest's `consume` call came out: its verdict, or the error (a trap) that stopped it.
 pub type Done = Result<Result<(), String>, wasmtime::Error>;
 
+/// The bytes of the write in progress: borrowed from the caller of `drive` (a Python
+/// bytes object the batch keeps alive, or the instance's read buffer) for that drive
+/// only, so a stream holds no host memory between writes.
+#[derive(Clone, Copy, Default)]
+struct Src {
+    ptr: usize,
+    len: usize,
+}
+
 #[derive(Default)]
 pub struct Feed {
     /// The write in progress (at most one chunk) and how much of it the guest took.
-    data: Vec<u8>,
+    src: Src,
     pos: usize,
     /// The host has no more bytes for this stream: the next read sees its end.
     closed: bool,
@@ -71,30 +80,28 @@ fn wake(w: Option<Waker>) {
 }
 
 impl Feed {
-    /// Hands the guest the next write (the previous one was taken whole).
+    /// Hands the guest the next write. `bytes` must stay valid and unchanged until
+    /// `forget` (stream_write calls it before it returns, on every path).
     pub fn put(&mut self, bytes: &[u8]) {
-        self.data.clear();
-        self.data.extend_from_slice(bytes);
+        self.src = Src { ptr: bytes.as_ptr() as usize, len: bytes.len() };
         self.pos = 0;
         wake(self.write_waker.take());
     }
 
-    /// A buffer of `n` bytes for the next write, to be filled in place (a direct read).
-    pub fn put_with(&mut self, n: usize) -> &mut [u8] {
-        self.data.resize(n, 0);
-        self.pos = 0;
-        &mut self.data[..n]
-    }
-
-    /// The write put with `put_with` is filled: let the guest take it.
-    pub fn filled(&mut self) {
-        wake(self.write_waker.take());
-    }
-
-    /// Drops what is left of a write the guest will not take.
+    /// The write is over (taken, or not to be taken): its bytes are no longer used.
     pub fn forget(&mut self) {
-        self.data.clear();
+        self.src = Src::default();
         self.pos = 0;
+    }
+
+    fn rest(&self) -> &[u8] {
+        if self.pos >= self.src.len {
+            return &[];
+        }
+        // SAFETY: `put` was given a slice that stays valid until `forget`, which resets
+        // `src` before the slice's owner lets it go (see `put`).
+        let all = unsafe { std::slice::from_raw_parts(self.src.ptr as *const u8, self.src.len) };
+        &all[self.pos..]
     }
 
     /// The host's end of the stream: no more bytes, and `end` says how.
@@ -109,7 +116,7 @@ impl Feed {
     }
 
     pub fn taken(&self) -> bool {
-        self.pos >= self.data.len()
+        self.pos >= self.src.len
     }
 
     pub fn reader_gone(&self) -> bool {
@@ -141,16 +148,16 @@ impl StreamProducer<State> for Writer {
     ) -> Poll<wasmtime::Result<StreamResult>> {
         let shared = self.0.clone();
         let mut f = lock(&shared);
-        let left = f.data.len() - f.pos;
+        let left = f.rest().len();
         if left > 0 {
             let mut d = dst.as_direct(store, left);
             let room = d.remaining();
             let n = room.len().min(left);
             if n > 0 {
-                room[..n].copy_from_slice(&f.data[f.pos..f.pos + n]);
+                room[..n].copy_from_slice(&f.rest()[..n]);
                 d.mark_written(n);
                 f.pos += n;
-                if f.pos == f.data.len() {
+                if f.taken() {
                     wake(f.drive_waker.take());
                 }
             }
@@ -318,13 +325,17 @@ mod tests {
     fn a_feed_hands_over_one_write_and_its_end() {
         let mut f = Feed::default();
         assert!(f.taken());
-        f.put(b"abc");
+        let bytes = b"abc".to_vec();
+        f.put(&bytes);
         assert!(!f.taken());
+        assert_eq!(f.rest(), b"abc");
+        f.pos = 2;
+        assert_eq!(f.rest(), b"c");
         f.pos = 3;
-        assert!(f.taken());
-        f.put_with(4).copy_from_slice(b"wxyz");
-        f.filled();
-        assert_eq!(&f.data, b"wxyz");
+        assert!(f.taken() && f.rest().is_empty());
+        f.put(b"wxyz");
+        f.forget();
+        assert!(f.taken() && f.rest().is_empty());
         f.finish(StreamEnd::Cancelled);
         f.finish(StreamEnd::Completed); // an end is told once
         assert!(f.taken() && f.closed && matches!(f.end, Some(StreamEnd::Cancelled)));
