@@ -45,10 +45,23 @@ impl Fault {
 }
 
 enum Live {
-    Component { store: Store<State>, handle: Func, invoke: Func, ended: Option<Func> },
-    Core { store: Store<State>, ex: Box<CoreExports> },
+    Component {
+        store: Store<State>,
+        handle: Func,
+        invoke: Func,
+        ended: Option<Func>,
+    },
+    Core {
+        store: Store<State>,
+        ex: Box<CoreExports>,
+    },
     /// The streams world: one `consume` call per stream, fed by its `Feed`.
-    Streams { store: Store<State>, invoke: Func, consume: ConsumeFunc, feeds: HashMap<u64, Shared> },
+    Streams {
+        store: Store<State>,
+        invoke: Func,
+        consume: ConsumeFunc,
+        feeds: HashMap<u64, Shared>,
+    },
 }
 
 /// One chunk's bytes: held by Python (a bytes object kept alive for the call), or
