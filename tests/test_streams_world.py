@@ -19,8 +19,12 @@ import pytest
 
 from chunkd.cli import EXIT_OK, main
 from chunkd.jobs import COMPLETED, FAILED
+from tests.cluster_support import start_node
 from tests.conftest import make_blob
+from tests.service_support import wait_for
+from tests.test_cluster import _running_on, nats, nodes  # noqa: F401 (fixtures)
 from tests.test_native_boundary import fnv
+from tests.test_service import server  # noqa: F401 (a fixture)
 
 CHUNK = 65536
 PROBE = {"sp": {"guest": "streams_probe", "prefetch_chunks": 4}}
@@ -239,3 +243,84 @@ async def test_many_streams_share_the_budget_and_end_once(harness, blobs: Path) 
         log = await report(h)
     assert sorted(int(x.split()[1]) for x in log if x.startswith("ended ")) == list(range(20))
     assert all(x.split()[2] == "0" for x in log if x.startswith("ended "))
+
+
+# --- the service, durable jobs, the status snapshot and cluster mode -----------------------
+
+def _streams_components(guests: dict[str, Path]) -> str:
+    return f"""
+[components.streams]
+path = "{guests['sha256_streams']}"
+[components.streams_paced]
+path = "{guests['sha256_streams']}"
+max_bytes_per_second = "2MiB"
+"""
+
+
+def test_a_streams_job_is_durable_observable_and_cancellable(server: Any, tmp_path: Path,
+                                                              guests: dict[str, Path]) -> None:
+    """A real daemon: a paced streams job shows in /v1/streams and /v1/status with its
+    progress, survives kill -9 (rerun from the first byte, exact digest), a second one is
+    cancelled by the operator (the guest hears `cancelled` through `end`), and the
+    component's metrics count its chunks."""
+    data = make_blob(tmp_path / "blobs", "big.bin", 8 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    s = server(components=_streams_components(guests))
+    job = s.submit("streams_paced", ["local", "big.bin"])
+    wait_for(lambda: (st := s.job(job)["streams"]) and st[0]["chunks"] >= 1, 30, what="first chunks")
+    status, streams = s.request("GET", "/v1/streams")
+    assert status == 200 and any(st["job_id"] == job and st["blob"] == "big.bin" for st in streams["streams"])
+    status, snap = s.request("GET", "/v1/status")
+    assert status == 200
+    running = [j for j in snap["running"] if j["job_id"] == job]
+    assert running and running[0]["streams"][0]["total_chunks"] == 8
+    assert s.proc is not None
+    s.proc.kill()
+    s.proc.wait(10)
+    s.start()
+    j = s.wait_job(job, 120)
+    assert j["state"] == "completed" and j["attempts"] == 2, j
+    assert j["output"] == [f"{digest}  big.bin"]
+    slow = s.submit("streams_paced", ["local", "big.bin"])
+    wait_for(lambda: (st := s.job(slow)["streams"]) and st[0]["chunks"] >= 1, 30, what="the second job")
+    assert s.request("DELETE", f"/v1/jobs/{slow}")[0] == 202
+    j = s.wait_job(slow)
+    assert j["state"] == "cancelled" and j["streams"][0]["end"] == "cancelled"
+    assert j["output"] == ["cancelled: big.bin"]
+    ok = s.submit("streams", ["local", "big.bin"])
+    assert s.wait_job(ok)["output"] == [f"{digest}  big.bin"]
+    _, text = s.request("GET", "/metrics")
+    for name in ("chunkd_chunks_delivered_total", "chunkd_bytes_delivered_total"):
+        assert any(line.startswith(f'{name}{{component="streams"}}') and float(line.split()[-1]) > 0
+                   for line in str(text).splitlines()), name
+
+
+def test_cluster_mode_reruns_a_streams_job_elsewhere(tmp_path: Path, state_dir: Path, guests: dict[str, Path],
+                                                     nats: Any, nodes: list[Any]) -> None:
+    """Two nodes on a real nats-server: the node running a paced streams job is killed;
+    the job runs again on the other and completes with the exact digest."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    data = make_blob(blobs, "long.bin", 8 * 1024 * 1024)
+    for name in ("n1", "n2"):
+        nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache",
+                                extra_components=_streams_components(guests)))
+    jid = nodes[0].submit("streams_paced", ["local", "long.bin"])
+    owner = wait_for(lambda: _running_on(nodes[0], jid), 30, 0.1, "the paced streams job to run")
+    victim, other = (nodes[0], nodes[1]) if owner == "n1" else (nodes[1], nodes[0])
+    assert victim.proc is not None
+    victim.proc.kill()
+    victim.proc.wait(10)
+    j = other.wait_job(jid, 90)
+    assert j["state"] == "completed" and j["attempts"] == 2, j
+    assert j["output"] == [f"{hashlib.sha256(data).hexdigest()}  long.bin"]
+
+
+@pytest.mark.parametrize("size", [0, 300_003])
+async def test_the_js_streams_guest_digests_like_the_others(harness, blobs: Path, size: int) -> None:
+    """examples/sha256-streams-js (componentize-qjs): the same line as sha256 prints."""
+    data = make_blob(blobs, "j.bin", size)
+    async with harness(components={"sha256_streams_js": {}}) as h:
+        job = await h.run("sha256_streams_js", ["--chunk-size=65536", "local", "j.bin"])
+        assert job.state == COMPLETED, job.error
+        assert h.out(job) == [f"{hashlib.sha256(data).hexdigest()}  j.bin"]
