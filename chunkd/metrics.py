@@ -65,10 +65,14 @@ def observe_many(hist: "Histogram", total: float, count: int) -> None:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.bytes = Counter("chunkd_bytes_delivered", "Bytes delivered to handle-chunk", ["component"], registry=r)
-        self.chunks = Counter("chunkd_chunks_delivered", "handle-chunk calls made", ["component"], registry=r)
+        self.bytes = Counter("chunkd_bytes_delivered", "Bytes delivered (handle-chunk calls, or stream writes taken)",
+                             ["component"], registry=r)
+        self.chunks = Counter("chunkd_chunks_delivered", "Chunks delivered (handle-chunk calls made, or stream writes "
+                              "taken whole)", ["component"], registry=r)
         self.handle_seconds = Histogram(
-            "chunkd_handle_chunk_seconds", "Duration of one handle-chunk call on the instance thread (a direct read included)", ["component"],
+            "chunkd_handle_chunk_seconds",
+            "Duration of one handle-chunk call (or stream write) on the instance thread (a direct read included)",
+            ["component"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.traps = Counter("chunkd_traps", "Guest calls that trapped", ["component"], registry=r)
         self.timeouts = Counter("chunkd_timeouts", "Guest calls stopped by call_timeout", ["component"], registry=r)

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{
     Accessor, AccessorTask, Destination, FutureProducer, FutureReader, StreamProducer, StreamReader, StreamResult,
@@ -301,16 +301,28 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// Polls `fut` on this thread until it is ready, or None once the budget is spent.
+/// How long the epoch clock may stand still before a wait stops counting on it (the
+/// engine's clock stopped: the daemon is closing).
+const CLOCK_STOPPED: Duration = Duration::from_secs(2);
+
+/// Polls `fut` on this thread until it is ready, or None once the budget is spent (or
+/// the epoch clock stopped advancing, so the budget never could be).
 fn block_on<F: Future>(fut: F, budget: &Budget) -> Option<F::Output> {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
+    let mut seen = (budget.ticks.load(Ordering::Relaxed), Instant::now());
     loop {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return Some(v);
         }
         if budget.expired() {
+            return None;
+        }
+        let now = budget.ticks.load(Ordering::Relaxed);
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        } else if seen.1.elapsed() >= CLOCK_STOPPED {
             return None;
         }
         std::thread::park_timeout(Duration::from_millis(5));
@@ -353,5 +365,10 @@ mod tests {
         assert!(block_on(std::future::pending::<()>(), &b).is_none());
         h.join().unwrap();
         assert_eq!(block_on(async { 7 }, &b), Some(7));
+        // a clock that stands still (the engine stopped) does not hold a wait for ever
+        let still = Budget { ticks: Arc::new(AtomicU64::new(0)), waited: Arc::new(AtomicU64::new(0)), start: 0, timeout: 9 };
+        let t0 = Instant::now();
+        assert!(block_on(std::future::pending::<()>(), &still).is_none());
+        assert!(t0.elapsed() >= CLOCK_STOPPED);
     }
 }
