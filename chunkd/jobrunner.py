@@ -155,6 +155,9 @@ class JobRunner:
             return job
         job.cancel_requested = True
         job.inbox.ready.set()
+        inst = self._inst_of.get(job_id)
+        if inst is not None:
+            inst.halt = True  # the batch in flight stops at its next chunk, not at its end
         if job.state == JobState.QUEUED:
             task = self._task_of.get(job_id)
             if task is not None:

@@ -117,7 +117,7 @@ class FakeInstance(InstanceBase):
 
     def __init__(self, plan: Plan, services: RuntimeServices, *, max_chunk_size: int,
                  on_call: Any = None) -> None:
-        comp: Any = SimpleNamespace(name="fake")
+        comp: Any = SimpleNamespace(name="fake", info=SimpleNamespace(world="consumer-with-events"))
         super().__init__(comp, 0, services, FakeClock(), call_timeout_s=1.0,  # type: ignore[arg-type]
                          memory_bytes=1 << 20, max_chunk_size=max_chunk_size)
         self.plan = plan

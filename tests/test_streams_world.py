@@ -324,3 +324,68 @@ async def test_the_js_streams_guest_digests_like_the_others(harness, blobs: Path
         job = await h.run("sha256_streams_js", ["--chunk-size=65536", "local", "j.bin"])
         assert job.state == COMPLETED, job.error
         assert h.out(job) == [f"{hashlib.sha256(data).hexdigest()}  j.bin"]
+
+
+HOSTILE = {
+    "trapat": (["local", "h.bin", "4096", "1", "3", "trapat"], FAILED, "consume trapped"),
+    "loopat": (["local", "h.bin", "4096", "1", "3", "loopat"], FAILED, "consume ran past call_timeout"),
+    "bombat": (["local", "h.bin", "4096", "1", "3", "bombat"], FAILED, "consume trapped"),
+    "hangat": (["local", "h.bin", "4096", "1", "3", "hangat"], FAILED, "consume ran past call_timeout"),
+    "errat": (["local", "h.bin", "4096", "1", "3", "errat"], FAILED, "asked to fail at 3"),
+    "twice": (["twice", "local", "h.bin", "4096", "5"], COMPLETED, None),
+    "many": (["many", "local", "h.bin", "4096", "2000"], COMPLETED, None),
+}
+
+
+@pytest.mark.parametrize("mode", list(HOSTILE))
+async def test_a_hostile_streams_guest_alongside_a_tenant(harness, blobs: Path, mode: str) -> None:
+    """The streams probe misbehaves while a streams tenant (sha256-streams, paced) streams:
+    the hostile job ends with a clear reason, the tenant completes with exact bytes, and
+    the hostile component serves its next job."""
+    args, state, error = HOSTILE[mode]
+    tenant = make_blob(blobs, "tenant.bin", 6 * 1024 * 1024, seed=11)
+    make_blob(blobs, "h.bin", 40_000, seed=12)
+    comps = {"sp": {"guest": "streams_probe", "instances": 1},
+             "sha256_streams": {"instances": 1, "max_bytes_per_second": "4MiB"}}
+    limits = {"call_timeout": "1s", "instance_memory": "64MiB", "max_pending_streams": 200}
+    async with harness(components=comps, limits=limits) as h:
+        rt = h.runtime
+        other = rt.submit("sha256_streams", ["--chunk-size=65536", "local", "tenant.bin"])
+        while not (other.deliveries and other.deliveries[0].stats.chunks > 0):
+            await asyncio.sleep(0.01)
+        bad = rt.submit("sp", args)
+        await asyncio.wait_for(bad.done.wait(), 60)
+        await asyncio.wait_for(other.done.wait(), 60)
+        assert bad.started_at is not None and other.ended_at is not None and bad.started_at < other.ended_at
+        assert bad.state == state, (bad.state, bad.error)
+        if error is not None:
+            assert error in (bad.error or ""), bad.error
+        assert other.state == COMPLETED, other.error
+        assert h.out(other) == [f"{hashlib.sha256(tenant).hexdigest()}  tenant.bin"]
+        log = await report(h)  # the hostile component serves its next job
+        if mode == "twice":
+            starts = [x for x in log if x.startswith("start 5 ")]
+            assert starts[0] == "start 5 ok" and starts[1].startswith("start 5 err 1 "), starts  # invalid-argument
+            assert len(starts) == 2 and len(bad.deliveries) == 1
+        if mode == "many":
+            assert 0 < len(bad.deliveries) <= 200
+            assert all(str(d.outcome) == "completed" and d.stats.bytes == 40_000 for d in bad.deliveries)
+        assert rt.budget.in_use == 0
+
+
+@pytest.mark.parametrize("comp", ["sha256_js", "sha256_streams_js"])
+async def test_an_operator_cancel_stops_a_slow_guest_inside_its_batch(harness, blobs: Path, comp: str) -> None:
+    """An unpaced slow guest (JS, ~1 MB/s) gets its whole 8 MiB file in one native batch;
+    a cancel stops that batch at the next chunk rather than at its end, in both worlds."""
+    size = 8 * 1024 * 1024
+    make_blob(blobs, "slow.bin", size)
+    async with harness(components={comp: {}}, limits={"call_timeout": "20s"}) as h:
+        job = h.runtime.submit(comp, ["local", "slow.bin"])
+        while not job.deliveries:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert await h.runtime.cancel_job(job.id) is not None
+        await asyncio.wait_for(job.done.wait(), 60)
+    assert job.state == "cancelled", (job.state, job.error)
+    assert str(job.deliveries[0].outcome) == "cancelled"
+    assert job.deliveries[0].stats.bytes < size // 2, job.deliveries[0].stats
