@@ -7,7 +7,9 @@
   streams    the streams world (consumer-streams, WASI 0.3 style) end to end: the Rust probe
              (tests/guests/streams_probe) reads one stream<u8> with a chunk-size buffer and
              touches every byte the same way the C probe does (xor of 8-byte words, SIMD)
-  streams_receive  the same, the guest only receiving the bytes
+  streams_receive  the same, the guest only receiving the bytes (compare component_receive:
+             the C probe componentized, receiving only; the two rows differ by the worlds'
+             delivery machinery alone)
   core       chunkd's core-module path end to end (tests/guests/core_probe, C)
   core_receive  the same, the guest only receiving the bytes (no pass over them): the data
              path alone
@@ -213,6 +215,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cases.append({"path": "raw", "chunk_size": chunk, "mb_per_s": round(raw, 1)})
             comp = max([await chunkd_path(rt, "component", "blob.bin", size, chunk) for _ in range(3)])
             cases.append({"path": "component", "chunk_size": chunk, "mb_per_s": round(comp, 1)})
+            crecv = max([await chunkd_path(rt, "component", "blob.bin", size, chunk, "receive") for _ in range(3)])
+            cases.append({"path": "component_receive", "chunk_size": chunk, "mb_per_s": round(crecv, 1)})
             strm = max([await chunkd_path(rt, "streams", "blob.bin", size, chunk) for _ in range(3)])
             cases.append({"path": "streams", "chunk_size": chunk, "mb_per_s": round(strm, 1)})
             srecv = max([await chunkd_path(rt, "streams", "blob.bin", size, chunk, "receive") for _ in range(3)])
@@ -309,6 +313,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "streams_vs_raw_pct": ratio(cases, "streams", "raw", 100),
         "streams_vs_component_pct": ratio(cases, "streams", "component", 100),
         "streams_receive_vs_raw_pct": ratio(cases, "streams_receive", "raw", 100),
+        "streams_receive_vs_component_receive_pct": ratio(cases, "streams_receive", "component_receive", 100),
         "notes": notes,
     }
     print_table(result)
@@ -343,7 +348,8 @@ def print_table(r: dict[str, Any]) -> None:
               f"Python guest {r['component_python_vs_ceiling_x'][k]:.1f}x the ceiling")
     for k, pct in r["streams_vs_raw_pct"].items():
         print(f"streams world vs raw {k:>8}: {pct:5.1f}%; {r['streams_vs_component_pct'][k]:5.1f}% of the handle-chunk "
-              f"component path; receive-only guest {r['streams_receive_vs_raw_pct'][k]:5.1f}% of raw")
+              f"component path; receive-only guest {r['streams_receive_vs_raw_pct'][k]:5.1f}% of raw, "
+              f"{r['streams_receive_vs_component_receive_pct'][k]:5.1f}% of the receive-only handle-chunk guest")
     s = r["notes"]["sched"]
     print(f"scheduling overhead: {r['sched_overhead_us']} us/chunk ({s['streams']} streams, {s['chunks']} chunks, "
           f"{s['per_chunk_total_us']} us total - {s['guest_call_us']} us guest call); peak RSS {s['peak_rss_mb']} MB")
