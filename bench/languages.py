@@ -86,9 +86,9 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nsha256 example per guest language, {r['chunk_size'] // MiB} MiB chunks, blob from page cache")
-    print(f"{'language':<13}{'path':<11}{'blob':>8}{'MB/s':>10}{'hashlib MB/s':>14}{'x hashlib':>11}")
+    print(f"{'language':<16}{'path':<11}{'blob':>8}{'MB/s':>10}{'hashlib MB/s':>14}{'x hashlib':>11}")
     for c in r["rows"]:
-        print(f"{c['language']:<13}{c['kind']:<11}{c['blob_mib']:>6}Mi{c['mb_per_s']:>10.2f}"
+        print(f"{c['language']:<16}{c['kind']:<11}{c['blob_mib']:>6}Mi{c['mb_per_s']:>10.2f}"
               f"{c['hashlib_mb_per_s']:>14.1f}{c['mb_per_s'] / c['hashlib_mb_per_s']:>11.4f}")
 
 
