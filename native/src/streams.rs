@@ -366,7 +366,8 @@ mod tests {
         h.join().unwrap();
         assert_eq!(block_on(async { 7 }, &b), Some(7));
         // a clock that stands still (the engine stopped) does not hold a wait for ever
-        let still = Budget { ticks: Arc::new(AtomicU64::new(0)), waited: Arc::new(AtomicU64::new(0)), start: 0, timeout: 9 };
+        let still =
+            Budget { ticks: Arc::new(AtomicU64::new(0)), waited: Arc::new(AtomicU64::new(0)), start: 0, timeout: 9 };
         let t0 = Instant::now();
         assert!(block_on(std::future::pending::<()>(), &still).is_none());
         assert!(t0.elapsed() >= CLOCK_STOPPED);
