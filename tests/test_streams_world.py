@@ -389,3 +389,18 @@ async def test_an_operator_cancel_stops_a_slow_guest_inside_its_batch(harness, b
     assert job.state == "cancelled", (job.state, job.error)
     assert str(job.deliveries[0].outcome) == "cancelled"
     assert job.deliveries[0].stats.bytes < size // 2, job.deliveries[0].stats
+
+
+def test_chunkd_check_refuses_a_consume_that_is_not_async(tmp_path: Path, guests: dict[str, Path],
+                                                          capsys: Any) -> None:
+    """tests/guests/streams_sync declares consume without `async`: refused with both types."""
+    from chunkd.cli import EXIT_CONFIG
+    cfg = tmp_path / "chunkd.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[containers.local]\nkind = "file"\nroot = "{tmp_path}"\n'
+                   f'[components.wrong]\npath = "{guests["streams_sync"]}"\n')
+    assert main(["check", "-c", str(cfg)]) == EXIT_CONFIG
+    out = capsys.readouterr().out
+    want = ("(u64, option<u64>, stream<u8>, future<variant { completed, cancelled, failed(string) }>) "
+            "-> (result<_, string>)")
+    assert f"export chunkd:streams/stream-consumer@0.1.0#consume has type {want}, expected {want} (async)" in out, out
