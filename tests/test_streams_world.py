@@ -404,3 +404,23 @@ def test_chunkd_check_refuses_a_consume_that_is_not_async(tmp_path: Path, guests
     want = ("(u64, option<u64>, stream<u8>, future<variant { completed, cancelled, failed(string) }>) "
             "-> (result<_, string>)")
     assert f"export chunkd:streams/stream-consumer@0.1.0#consume has type {want}, expected {want} (async)" in out, out
+
+
+async def test_a_panic_inside_the_extension_fails_a_streams_job_not_the_process(harness, blobs: Path) -> None:
+    """The test hook panics inside the native batch after 5 writes: the job fails saying
+    so, the 5 writes before it are counted, the instance is replaced, the next job completes."""
+    from chunkd.host.native_instance import NativeInstance
+    data = make_blob(blobs, "a.bin", 64 * CHUNK)
+    async with harness(components=PROBE) as h:
+        pool = h.runtime.pools["sp"]
+        inst = await pool.acquire()
+        assert isinstance(inst, NativeInstance)
+        inst.inject_panic(5)
+        pool.give_back(inst)
+        job = await h.run("sp", ["local", "a.bin", str(CHUNK), "1", "-1", "quiet"])
+        assert job.state == FAILED and "native host panicked" in (job.error or ""), job.error
+        assert job.deliveries[0].stats.chunks == 5
+        assert h.runtime.budget.in_use == 0
+        ok = await h.run("sp", ["local", "a.bin", str(CHUNK), "2", "-1", "log"])
+        assert ok.state == COMPLETED, ok.error
+        assert ended(await report(h), 2) == [f"ended 2 0 {fnv(data)}"]
