@@ -386,9 +386,13 @@ async def test_an_operator_cancel_stops_a_slow_guest_inside_its_batch(harness, b
         await asyncio.sleep(0.3)
         assert await h.runtime.cancel_job(job.id) is not None
         await asyncio.wait_for(job.done.wait(), 60)
-    assert job.state == "cancelled", (job.state, job.error)
-    assert str(job.deliveries[0].outcome) == "cancelled"
-    assert job.deliveries[0].stats.bytes < size // 2, job.deliveries[0].stats
+        assert job.state == "cancelled", (job.state, job.error)
+        assert str(job.deliveries[0].outcome) == "cancelled"
+        assert job.deliveries[0].stats.bytes < size // 2, job.deliveries[0].stats
+        small = make_blob(blobs, "small.bin", 5000)
+        nxt = await h.run(comp, ["local", "small.bin"])  # the same instance serves on
+        assert nxt.state == COMPLETED, nxt.error
+        assert h.out(nxt) == [f"{hashlib.sha256(small).hexdigest()}  small.bin"]
 
 
 def test_chunkd_check_refuses_a_consume_that_is_not_async(tmp_path: Path, guests: dict[str, Path],
