@@ -3,11 +3,15 @@
 aiohttp reads a request head for as long as the client takes to send it, and
 takes every connection offered. The guard wraps the server's protocol factory:
 at most `daemon.max_connections` connections at once (one more is closed as
-soon as it is accepted), and the first request head of a connection must be
-complete within `daemon.request_head_timeout` (a slowloris is cut). Idle
-keep-alive connections are closed by aiohttp after KEEPALIVE_S. Not bounded: a
-later request trickled on a connection whose first head came at once (the
-connection limit still caps how many such connections there are).
+soon as it is accepted), and every request head must be complete within
+`daemon.request_head_timeout`: the first from the moment the connection is
+accepted, each later one on a keep-alive connection from its first byte (a
+slowloris is cut, on the first request or on any later one). To know where a
+head starts, the guard follows the requests on the connection (HeadTracker:
+each head's Content-Length says how many body bytes follow it). A chunked
+request body ends the tracking for that connection (the API's clients send
+Content-Length; aiohttp bounds the rest). Idle keep-alive connections are
+closed by aiohttp after KEEPALIVE_S.
 """
 from __future__ import annotations
 
@@ -23,6 +27,64 @@ log = structlog.get_logger("chunkd.api")
 
 KEEPALIVE_S = 15.0
 HEAD_END = b"\r\n\r\n"
+MAX_HEAD = 64 * 1024  # past this aiohttp refuses the head itself
+
+
+class HeadTracker:
+    """Where a connection is in its stream of HTTP/1.1 requests: in a head, in a body
+    (Content-Length bytes), between requests, or past what it can follow (a chunked
+    body, a malformed head: aiohttp answers those). `heads` counts the heads begun."""
+
+    def __init__(self) -> None:
+        self.state = "head"  # a connection begins with a head
+        self.heads = 1
+        self.head = bytearray()
+        self.body_left = 0
+
+    @property
+    def in_head(self) -> bool:
+        return self.state == "head"
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n and self.state != "lost":
+            if self.state == "body":
+                take = min(self.body_left, n - i)
+                self.body_left -= take
+                i += take
+                if self.body_left == 0:
+                    self.state = "idle"
+                continue
+            if self.state == "idle":
+                self.state, self.heads = "head", self.heads + 1
+                self.head.clear()
+            before = len(self.head)
+            self.head += data[i:]
+            end = self.head.find(HEAD_END)
+            if end < 0:
+                if len(self.head) > MAX_HEAD:
+                    self.state = "lost"
+                return
+            i += end + len(HEAD_END) - before
+            self.state, self.body_left = self._after(bytes(self.head[:end]))
+            self.head.clear()
+
+    @staticmethod
+    def _after(head: bytes) -> tuple[str, int]:
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding":
+                return "lost", 0
+            if name == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    return "lost", 0
+                if length < 0:
+                    return "lost", 0
+        return ("body", length) if length > 0 else ("idle", 0)
 
 
 @dataclass
@@ -46,7 +108,7 @@ class _Guarded(asyncio.Protocol):
         self.inner: Any = guard._factory()
         self.transport: Any = None  # asyncio's or uvloop's transport (TCP or TLS)
         self.timer: asyncio.TimerHandle | None = None
-        self.tail = b""
+        self.requests = HeadTracker()
         self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,13 +135,14 @@ class _Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.counted:
             return
-        if self.timer is not None:
-            seen = self.tail + data
-            if HEAD_END in seen:
-                self.timer.cancel()
-                self.timer = None
-            else:
-                self.tail = seen[-(len(HEAD_END) - 1):]
+        heads = self.requests.heads
+        self.requests.feed(data)
+        if self.timer is not None and (not self.requests.in_head or self.requests.heads != heads):
+            self.timer.cancel()  # that head is complete
+            self.timer = None
+        if self.timer is None and self.requests.in_head and self.requests.heads != heads:
+            # a later request began in this data: its head has the same bound
+            self.timer = asyncio.get_running_loop().call_later(self.guard.head_timeout_s, self._too_slow)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:

@@ -177,3 +177,67 @@ def test_slow_and_surplus_api_connections_are_cut(tmp_path: Path, state_dir: Pat
         for c in held:
             c.close()
         s.stop()
+
+
+def test_the_head_tracker_follows_requests_on_a_connection() -> None:
+    """Pure logic: heads, Content-Length bodies, pipelined requests, any split of the bytes."""
+    from chunkd.apiguard import HeadTracker
+    reqs = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 11\r\n\r\n{\"a\": \"\r\n\r\n\"}"
+            b"GET /b HTTP/1.1\r\n")
+    for cut in range(1, len(reqs)):
+        for step in (1, 7, cut):
+            t = HeadTracker()
+            data = reqs
+            while data:
+                t.feed(data[:step])
+                data = data[step:]
+            assert t.heads == 3 and t.in_head, (cut, step, t.state)
+    t = HeadTracker()
+    t.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    assert t.state == "body" and t.body_left == 2 and t.heads == 1
+    t.feed(b"cd")
+    assert t.state == "idle" and not t.in_head
+    t.feed(b"G")
+    assert t.in_head and t.heads == 2
+    t = HeadTracker()
+    t.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n")
+    assert t.state == "lost"  # not followed further (aiohttp bounds it)
+
+
+def test_a_slowloris_on_a_later_keep_alive_request_is_cut(tmp_path: Path, state_dir: Path,
+                                                          guests: dict[str, Path]) -> None:
+    """A client that sends one request at once, then trickles the next head on the same
+    keep-alive connection, is cut after request_head_timeout, like a first-head slowloris."""
+    import socket
+    import time as _time
+    port = free_port()
+    cfg = _config(tmp_path, state_dir, guests, f"127.0.0.1:{port}", 'request_head_timeout = "1s"')
+    s = Server(cfg, port, tmp_path / "daemon.log")
+    try:
+        s.start()
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = c.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        t0 = _time.monotonic()
+        cut = False
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n":  # never the end of the head
+            try:
+                c.sendall(bytes([b]))
+                c.settimeout(0.3)
+                if c.recv(100) == b"":
+                    cut = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                cut = True
+                break
+        took = _time.monotonic() - t0
+        assert cut and took < 4, (cut, took)
+        c.close()
+        assert s.healthy()
+        assert "api_request_head_too_slow" in [e["event"] for e in s.log_events()]
+    finally:
+        s.stop()
