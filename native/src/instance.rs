@@ -175,7 +175,7 @@ fn begin(store: &mut Store<State>, timeout: u64) {
     store.set_epoch_deadline(timeout);
 }
 
-fn pread_full(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(crate) fn pread_full(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut got = 0usize;
     while got < buf.len() {
         let rest = &mut buf[got..];
@@ -206,7 +206,7 @@ fn advise(fd: i32, offset: u64, len: u64) {
 }
 
 /// A direct read's failure, worded as the Python side words SourceError.
-fn read_error(got: io::Result<usize>, offset: u64, n: u64) -> Option<String> {
+pub(crate) fn read_error(got: io::Result<usize>, offset: u64, n: u64) -> Option<String> {
     match got {
         Ok(g) if g as u64 == n => None,
         Ok(g) => Some(format!("blob changed size: got {g} bytes at offset {offset}, expected {n}")),
@@ -269,15 +269,22 @@ fn call_fault(feed: &Shared, store: &mut Store<State>) -> Option<Fault> {
     None
 }
 
-/// One write of `data` into `cid`'s stream: the store runs until the guest took it whole.
-/// The feed borrows `data` for this call only (forgotten before it returns, on every path).
+/// What one stream write carries: bytes the caller holds, or a file range the stream's
+/// producer reads straight into the guest's buffer.
+enum Write<'a> {
+    Mem(&'a [u8]),
+    File { fd: i32, offset: u64, len: usize },
+}
+
+/// One write into `cid`'s stream: the store runs until the guest took it whole. The feed
+/// borrows the bytes for this call only (forgotten before it returns, on every path).
 fn stream_write(
     store: &mut Store<State>,
     consume: ConsumeFunc,
     feeds: &mut HashMap<u64, Shared>,
     timeout: u64,
     cid: u64,
-    data: &[u8],
+    data: Write<'_>,
 ) -> Result<Step, Fault> {
     let feed = feed_of(store, consume, feeds, cid)?;
     {
@@ -289,13 +296,23 @@ fn stream_write(
                 None => Ok(Step::Closed),
             };
         }
-        f.put(data);
+        match data {
+            Write::Mem(bytes) => f.put(bytes),
+            Write::File { fd, offset, len } => f.put_file(fd, offset, len),
+        }
     }
     let b = budget(store, timeout);
     let r = streams::drive(store, &feed, true, &b);
-    streams::lock(&feed).forget();
+    let read_failed = {
+        let mut f = streams::lock(&feed);
+        f.forget();
+        f.read_error.take()
+    };
     if let Some(fault) = call_fault(&feed, store) {
         return Err(fault);
+    }
+    if let Some(e) = read_failed {
+        return Ok(Step::Source(e));
     }
     match r {
         Ok(Progress::Taken) => Ok(Step::Answered(true)),
@@ -365,7 +382,9 @@ impl Inner {
         self.tick_panic();
         let live = self.live()?;
         let r = match live {
-            Live::Streams { store, consume, feeds, .. } => stream_write(store, *consume, feeds, timeout, it.cid, data),
+            Live::Streams { store, consume, feeds, .. } => {
+                stream_write(store, *consume, feeds, timeout, it.cid, Write::Mem(data))
+            }
             Live::Component { store, handle, .. } => {
                 begin(store, timeout);
                 let f = handle.typed::<(Resource<InputStream>, u64, u64, u64, &[u8]), (bool,)>(&*store);
@@ -413,17 +432,8 @@ impl Inner {
         let live = self.live()?;
         let r = match live {
             Live::Streams { store, consume, feeds, .. } => {
-                // into the instance's one read buffer, as on the component path
-                if buf.len() < n as usize {
-                    buf.resize(n as usize, 0);
-                }
-                let st = store.data();
-                let got =
-                    host_time(&st.clock.waited, &st.clock.ticks, || pread_full(fd, &mut buf[..n as usize], offset));
-                match read_error(got, offset, n) {
-                    Some(e) => Ok(Step::Source(e)),
-                    None => stream_write(store, *consume, feeds, timeout, it.cid, &buf[..n as usize]),
-                }
+                // read by the stream's producer straight into the guest's read buffer
+                stream_write(store, *consume, feeds, timeout, it.cid, Write::File { fd, offset, len: n as usize })
             }
             Live::Component { store, handle, .. } => {
                 if buf.len() < n as usize {

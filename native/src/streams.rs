@@ -33,7 +33,8 @@ use wasmtime::component::{
 use wasmtime::{Store, StoreContextMut};
 
 use crate::component::StreamEnd;
-use crate::state::State;
+use crate::instance::{pread_full, read_error};
+use crate::state::{host_time, State};
 
 /// `consume(correlation-id, size, data, end) -> result<_, string>`.
 pub type ConsumeFunc = TypedFunc<(u64, Option<u64>, StreamReader<u8>, FutureReader<StreamEnd>), (Result<(), String>,)>;
@@ -41,13 +42,22 @@ pub type ConsumeFunc = TypedFunc<(u64, Option<u64>, StreamReader<u8>, FutureRead
 /// How the guest's `consume` call came out: its verdict, or the error (a trap) that stopped it.
 pub type Done = Result<Result<(), String>, wasmtime::Error>;
 
-/// The bytes of the write in progress: borrowed from the caller of `drive` (a Python
-/// bytes object the batch keeps alive, or the instance's read buffer) for that drive
-/// only, so a stream holds no host memory between writes.
-#[derive(Clone, Copy, Default)]
+/// The bytes of the write in progress, for one drive only (so a stream holds no host
+/// memory between writes): borrowed from the caller of `drive` (a Python bytes object
+/// the batch keeps alive), or `len` bytes of file `fd` at `offset` that the producer
+/// `pread`s straight into the guest's read buffer (a direct read: one copy).
+#[derive(Clone, Copy)]
 struct Src {
     ptr: usize,
     len: usize,
+    fd: i32,
+    offset: u64,
+}
+
+impl Default for Src {
+    fn default() -> Self {
+        Src { ptr: 0, len: 0, fd: -1, offset: 0 }
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +65,8 @@ pub struct Feed {
     /// The write in progress (at most one chunk) and how much of it the guest took.
     src: Src,
     pos: usize,
+    /// A direct read of the write in progress failed: the write is over, not taken.
+    pub read_error: Option<String>,
     /// The host has no more bytes for this stream: the next read sees its end.
     closed: bool,
     /// How the stream ended, once the host says so (resolves `end`).
@@ -83,8 +95,17 @@ impl Feed {
     /// Hands the guest the next write. `bytes` must stay valid and unchanged until
     /// `forget` (stream_write calls it before it returns, on every path).
     pub fn put(&mut self, bytes: &[u8]) {
-        self.src = Src { ptr: bytes.as_ptr() as usize, len: bytes.len() };
+        self.src = Src { ptr: bytes.as_ptr() as usize, len: bytes.len(), ..Src::default() };
         self.pos = 0;
+        wake(self.write_waker.take());
+    }
+
+    /// Hands the guest the next write: `len` bytes of `fd` at `offset`, read when the
+    /// guest reads, into its own buffer.
+    pub fn put_file(&mut self, fd: i32, offset: u64, len: usize) {
+        self.src = Src { ptr: 0, len, fd, offset };
+        self.pos = 0;
+        self.read_error = None;
         wake(self.write_waker.take());
     }
 
@@ -95,7 +116,7 @@ impl Feed {
     }
 
     fn rest(&self) -> &[u8] {
-        if self.pos >= self.src.len {
+        if self.pos >= self.src.len || self.src.fd >= 0 {
             return &[];
         }
         // SAFETY: `put` was given a slice that stays valid until `forget`, which resets
@@ -148,13 +169,30 @@ impl StreamProducer<State> for Writer {
     ) -> Poll<wasmtime::Result<StreamResult>> {
         let shared = self.0.clone();
         let mut f = lock(&shared);
-        let left = f.rest().len();
+        let left = f.src.len.saturating_sub(f.pos);
         if left > 0 {
+            let clock = &store.data().clock;
+            let (waited, ticks) = (clock.waited.clone(), clock.ticks.clone());
             let mut d = dst.as_direct(store, left);
             let room = d.remaining();
             let n = room.len().min(left);
             if n > 0 {
-                room[..n].copy_from_slice(&f.rest()[..n]);
+                if f.src.fd >= 0 {
+                    // a direct read, straight into the guest's buffer (host time)
+                    let at = f.src.offset + f.pos as u64;
+                    let got = host_time(&waited, &ticks, || pread_full(f.src.fd, &mut room[..n], at));
+                    if let Some(e) = read_error(got, at, n as u64) {
+                        // the write is over, nothing of this read is given: the read waits
+                        // for what the host does next (the stream's end, failed)
+                        f.read_error = Some(e);
+                        f.pos = f.src.len;
+                        f.write_waker = Some(cx.waker().clone());
+                        wake(f.drive_waker.take());
+                        return Poll::Pending;
+                    }
+                } else {
+                    room[..n].copy_from_slice(&f.rest()[..n]);
+                }
                 d.mark_written(n);
                 f.pos += n;
                 if f.taken() {
