@@ -154,7 +154,7 @@ pub struct Instance {
     host: Arc<Py<PyAny>>,
     ticks: Arc<AtomicU64>,
     memory_bytes: usize,
-    timeout_ticks: u64,
+    timeout_ticks: AtomicU64,
 }
 
 fn reason_of(e: &wasmtime::Error, state: &mut State) -> Fault {
@@ -171,6 +171,7 @@ fn reason_of(e: &wasmtime::Error, state: &mut State) -> Fault {
 }
 
 fn begin(store: &mut Store<State>, timeout: u64) {
+    store.data_mut().clock.timeout = timeout;
     store.data_mut().clock.begin();
     store.set_epoch_deadline(timeout);
 }
@@ -679,7 +680,7 @@ impl Instance {
             host: Arc::new(host),
             ticks,
             memory_bytes,
-            timeout_ticks,
+            timeout_ticks: AtomicU64::new(timeout_ticks),
         }
     }
 
@@ -713,7 +714,7 @@ impl Instance {
         };
         let state = State {
             host: self.host.clone(),
-            clock: CallClock { ticks: self.ticks.clone(), timeout: self.timeout_ticks, start: 0, waited },
+            clock: CallClock { ticks: self.ticks.clone(), timeout: self.timeout_ticks.load(Ordering::Relaxed), start: 0, waited },
             limits: StoreLimitsBuilder::new().memory_size(self.memory_bytes).trap_on_grow_failure(true).build(),
             wasi,
             table: wasmtime::component::ResourceTable::new(),
@@ -727,7 +728,7 @@ impl Instance {
         let mut store = Store::new(&engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(on_deadline);
-        begin(&mut store, self.timeout_ticks);
+        begin(&mut store, self.timeout_ticks.load(Ordering::Relaxed));
         let fail = |e: wasmtime::Error, store: &mut Store<State>| reason_of(&e, store.data_mut());
         let live = match &self.guest.code {
             Code::Component { pre } => {
@@ -862,13 +863,18 @@ impl Instance {
         self.guest.has_events
     }
 
+    /// The guest-time budget of every later call, in epoch ticks (a reload's call_timeout).
+    fn set_timeout_ticks(&self, ticks: u64) {
+        self.timeout_ticks.store(ticks.max(1), Ordering::Relaxed);
+    }
+
     /// Skip the rest of the batch in flight (and of queued ones) while set.
     fn set_halt(&self, on: bool) {
         self.halt.store(on, Ordering::Relaxed);
     }
 
     fn invoke(&self, py: Python<'_>, args: Vec<String>) -> PyResult<(bool, String)> {
-        let timeout = self.timeout_ticks;
+        let timeout = self.timeout_ticks.load(Ordering::Relaxed);
         self.with_inner(py, move |inner| {
             let r = match inner.live()? {
                 Live::Streams { store, invoke, consume, feeds } => {
@@ -915,7 +921,7 @@ impl Instance {
     /// per item reached and the fault that stopped the batch, if any.
     fn run_batch(&self, py: Python<'_>, items: &Bound<'_, PyList>, fresh: bool) -> PyResult<BatchOut> {
         let (items, keep) = extract_items(py, items)?;
-        let timeout = self.timeout_ticks;
+        let timeout = self.timeout_ticks.load(Ordering::Relaxed);
         let halt = self.halt.clone();
         let r = py.allow_threads(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -949,7 +955,7 @@ impl Instance {
     /// The streams world: `end` resolves, `data` closes, and the `consume` call is waited
     /// for; returns the error it returned, if it did.
     fn stream_ended(&self, py: Python<'_>, cid: u64, kind: u8, reason: String) -> PyResult<Option<String>> {
-        let timeout = self.timeout_ticks;
+        let timeout = self.timeout_ticks.load(Ordering::Relaxed);
         self.with_inner(py, move |inner| {
             let r = match inner.live()? {
                 Live::Streams { store, consume, feeds, .. } => {
