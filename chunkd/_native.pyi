@@ -10,7 +10,19 @@ class LoadError(Exception):
     """A guest that cannot be loaded, or is not a chunkd consumer."""
 
 class GuestFault(Exception):
-    """args: (kind, reason); kind is trap, timeout, panic or broken."""
+    """A guest call that went wrong; args: (reason,). One subclass per kind."""
+
+class GuestTrapped(GuestFault):
+    """The guest trapped (or a host import it called failed)."""
+
+class GuestTimedOut(GuestFault):
+    """The guest ran past call_timeout of guest time."""
+
+class NativePanic(GuestFault):
+    """The native host core panicked; the instance is discarded."""
+
+class InstanceBroken(GuestFault):
+    """The instance broke earlier, or is closed."""
 
 class CallResult:
     """One item of a batch: the guest's answer, its calls made and their seconds."""
@@ -43,11 +55,14 @@ class Instance:
     @property
     def has_events(self) -> bool: ...
     def set_halt(self, on: bool) -> None: ...
+    def set_timeout_ticks(self, ticks: int) -> None: ...
     def invoke(self, args: list[str]) -> tuple[bool, str]: ...
-    # items: (handle, correlation-id, current-chunk, total-chunks, bytes | a DirectRun-like object
-    # with fd, offset, chunk_size, count, last_length, hint_offset, hint_length)
-    def run_batch(self, items: list[tuple[int, int, int, int, Any]],
-                  fresh: bool) -> tuple[list[CallResult], tuple[str, str] | None]: ...
+    # calls: (handle, correlation-id, current-chunk, total-chunks, bytes | a DirectRun: an
+    # object with the int attributes fd, offset, chunk_size, count, last_length,
+    # hint_offset, hint_length); returns one CallResult per item reached and the
+    # exception of the fault that stopped the batch, if one did
+    def run_batch(self, calls: list[tuple[int, int, int, int, Any]],
+                  fresh: bool) -> tuple[list[CallResult], GuestFault | None]: ...
     # the streams world: returns the error the stream's consume call returned, if any
     def stream_ended(self, cid: int, kind: int, reason: str) -> str | None: ...
     def close(self) -> None: ...

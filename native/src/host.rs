@@ -10,7 +10,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::state::{host_time, State};
+use crate::state::State;
 
 /// The `stream-error` variant of wit/streams.wit, independent of how it crosses.
 #[derive(Debug, Clone)]
@@ -53,10 +53,8 @@ fn call<R>(
     what: &str,
     f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R>,
 ) -> wasmtime::Result<R> {
-    let waited = state.clock.waited.clone();
-    let ticks = state.clock.ticks.clone();
     let host = &state.host;
-    let r = host_time(&waited, &ticks, || Python::with_gil(|py| f(py, host.bind(py)).map_err(|e| e.to_string())));
+    let r = state.clock.host_time(|| Python::with_gil(|py| f(py, host.bind(py)).map_err(|e| e.to_string())));
     match r {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -82,7 +80,7 @@ pub fn size(state: &mut State, handle: u32) -> wasmtime::Result<Option<u64>> {
     call(state, "size", |_py, h| h.call_method1("size", (handle,))?.extract::<Option<u64>>())
 }
 
-/// A pull read; `into` receives the bytes (a component's Vec, or a core guest's memory).
+/// A pull read: the bytes, or the stream-error.
 pub fn read(state: &mut State, handle: u32, len: u64) -> wasmtime::Result<Result<Vec<u8>, StreamErr>> {
     call(state, "read", |_py, h| {
         let r = h.call_method1("read", (handle, len))?;

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,19 +12,19 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::state::host_time;
+use crate::state::CallClock;
 
 #[derive(Clone)]
 pub struct GuestOut {
     pub fd: u8,
     pub host: Arc<Py<PyAny>>,
-    pub waited: Arc<AtomicU64>,
-    pub ticks: Arc<AtomicU64>,
+    pub clock: CallClock,
 }
 
 impl GuestOut {
     fn emit(&self, data: &[u8]) -> io::Result<()> {
-        host_time(&self.waited, &self.ticks, || crate::host::output(&self.host, self.fd, data))
+        self.clock
+            .host_time(|| crate::host::output(&self.host, self.fd, data))
             .map_err(|e| io::Error::other(e.to_string()))
     }
 }

@@ -1,22 +1,14 @@
-//! The core-module kind: a core wasm module that implements the consumer
-//! world at the canonical-ABI level (what wit-bindgen emits before
-//! componentization). chunkd performs the canonical ABI itself: chunk bytes
-//! are read by `pread` straight into a buffer from the guest's own
-//! `cabi_realloc`.
-//!
-//! Layouts (CanonicalABI.md; little-endian, results through a return pointer):
-//!   result<own<input-stream>, stream-error>  u8 disc @0 | ok: i32 handle @4 |
-//!                                           err: u8 case @4, string (i32 ptr @8, i32 len @12)
-//!   result<list<u8>, stream-error>           ok: i32 ptr @4, i32 len @8 | err as above
-//!   result<_, stream-error>                  disc @0 | err as above
-//!   option<u64>                              u8 disc @0 | u64 @8
-//!   invoke -> result<string, string>         returned pointer: u8 disc @0, i32 ptr @4, i32 len @8
+//! Core modules: what a core guest must export and may import, and the
+//! linker that answers its imports (the chunkd functions at the canonical-ABI
+//! level, through abi.rs, and `fd_write` for stdout and stderr).
 
-use wasmtime::{Caller, Engine, Extern, Linker, Memory, Module, TypedFunc, ValType};
+use wasmtime::{Caller, Engine, Linker, Module, ValType};
 
-use crate::guest::{core_sig, extern_func_sig, Code, Guest};
-use crate::host::{self, StreamErr};
-use crate::state::{host_time, State};
+use crate::abi::{option_u64, pair, GuestMem};
+use crate::guest::{Code, Guest};
+use crate::host;
+use crate::sigs::{core_sig, extern_func_sig};
+use crate::state::State;
 use crate::wit;
 
 /// handle-chunk's `borrow<input-stream>`: the stream's handle with this bit set, as a
@@ -116,89 +108,19 @@ pub fn check_and_link(engine: &Engine, label: &str, module: Module) -> Result<Gu
     })
 }
 
-// --- linear memory, from inside a host function -------------------------------------
-
-fn memory(caller: &mut Caller<'_, State>) -> wasmtime::Result<Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => wasmtime::bail!("core guest exports no memory"),
-    }
-}
-
-pub fn span_err(ptr: u64, n: u64) -> wasmtime::Error {
-    wasmtime::format_err!("guest pointer {ptr}+{n} is outside its memory")
-}
-
-fn get(caller: &mut Caller<'_, State>, ptr: u32, n: u32) -> wasmtime::Result<Vec<u8>> {
-    let mem = memory(caller)?;
-    let data = mem.data(&caller);
-    let (p, e) = (ptr as usize, ptr as usize + n as usize);
-    data.get(p..e).map(|s| s.to_vec()).ok_or_else(|| span_err(ptr.into(), n.into()))
-}
-
-fn put(caller: &mut Caller<'_, State>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
-    let mem = memory(caller)?;
-    let data = mem.data_mut(&mut *caller);
-    let p = ptr as usize;
-    let dst = data.get_mut(p..p + bytes.len()).ok_or_else(|| span_err(ptr.into(), bytes.len() as u64))?;
-    dst.copy_from_slice(bytes);
-    Ok(())
-}
-
-fn check_span(caller: &mut Caller<'_, State>, ptr: u32, n: u32) -> wasmtime::Result<()> {
-    let mem = memory(caller)?;
-    if ptr as u64 + n as u64 > mem.data_size(&caller) as u64 {
-        return Err(span_err(ptr.into(), n.into()));
-    }
-    Ok(())
-}
-
-fn string(caller: &mut Caller<'_, State>, ptr: u32, n: u32) -> wasmtime::Result<String> {
-    String::from_utf8(get(caller, ptr, n)?)
-        .map_err(|_| wasmtime::format_err!("guest passed a string that is not UTF-8"))
-}
-
-fn alloc(caller: &mut Caller<'_, State>, n: u32, align: u32) -> wasmtime::Result<u32> {
-    let realloc = match caller.get_export("cabi_realloc") {
-        Some(Extern::Func(f)) => f.typed::<(i32, i32, i32, i32), i32>(&caller)?,
-        _ => wasmtime::bail!("core guest exports no cabi_realloc"),
-    };
-    let p = realloc.call(&mut *caller, (0, 0, align as i32, n as i32))? as u32;
-    check_span(caller, p, n)?;
-    Ok(p)
-}
-
-fn write_error(caller: &mut Caller<'_, State>, ret: u32, e: &StreamErr) -> wasmtime::Result<()> {
-    let mut rec = [0u8; 16];
-    rec[0] = 1;
-    rec[4] = e.discriminant();
-    if !matches!(e, StreamErr::Closed) {
-        let b = e.message().as_bytes();
-        let p = alloc(caller, b.len() as u32, 1)?;
-        put(caller, p, b)?;
-        rec[8..12].copy_from_slice(&p.to_le_bytes());
-        rec[12..16].copy_from_slice(&(b.len() as u32).to_le_bytes());
-        return put(caller, ret, &rec);
-    }
-    put(caller, ret, &rec[..8])
-}
-
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     let mut l: Linker<State> = Linker::new(engine);
     l.func_wrap(
         wit::BLOBS_IFACE,
         "open",
         |mut c: Caller<'_, State>, cp: u32, cl: u32, np: u32, nl: u32, ret: u32| -> wasmtime::Result<()> {
-            check_span(&mut c, ret, 16)?;
-            let container = string(&mut c, cp, cl)?;
-            let name = string(&mut c, np, nl)?;
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
+            let container = m.string(&c, cp, cl)?;
+            let name = m.string(&c, np, nl)?;
             match host::open(c.data_mut(), &container, &name)? {
-                Ok(h) => {
-                    let mut rec = [0u8; 8];
-                    rec[4..8].copy_from_slice(&h.to_le_bytes());
-                    put(&mut c, ret, &rec)
-                }
-                Err(e) => write_error(&mut c, ret, &e),
+                Ok(h) => m.put_result(&mut c, ret, Ok(&h.to_le_bytes())),
+                Err(e) => m.put_result(&mut c, ret, Err(&e)),
             }
         },
     )?;
@@ -206,32 +128,23 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         wit::TYPES_IFACE,
         "[method]input-stream.size",
         |mut c: Caller<'_, State>, h: u32, ret: u32| -> wasmtime::Result<()> {
-            match host::size(c.data_mut(), h & !BORROW_BIT)? {
-                None => put(&mut c, ret, &[0u8]),
-                Some(n) => {
-                    let mut rec = [0u8; 16];
-                    rec[0] = 1;
-                    rec[8..16].copy_from_slice(&n.to_le_bytes());
-                    put(&mut c, ret, &rec)
-                }
-            }
+            let m = GuestMem::of_caller(&mut c)?;
+            let (rec, n) = option_u64(host::size(c.data_mut(), h & !BORROW_BIT)?);
+            m.put(&mut c, ret, &rec[..n])
         },
     )?;
     l.func_wrap(
         wit::TYPES_IFACE,
         "[method]input-stream.read",
         |mut c: Caller<'_, State>, h: u32, len: u64, ret: u32| -> wasmtime::Result<()> {
-            check_span(&mut c, ret, 16)?;
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
             match host::read(c.data_mut(), h & !BORROW_BIT, len)? {
                 Ok(bytes) => {
-                    let p = alloc(&mut c, bytes.len() as u32, 1)?;
-                    put(&mut c, p, &bytes)?;
-                    let mut rec = [0u8; 12];
-                    rec[4..8].copy_from_slice(&p.to_le_bytes());
-                    rec[8..12].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-                    put(&mut c, ret, &rec)
+                    let p = m.lower(&mut c, &bytes)?;
+                    m.put_result(&mut c, ret, Ok(&pair(p, bytes.len() as u32)))
                 }
-                Err(e) => write_error(&mut c, ret, &e),
+                Err(e) => m.put_result(&mut c, ret, Err(&e)),
             }
         },
     )?;
@@ -239,11 +152,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         wit::TYPES_IFACE,
         "[method]input-stream.start-chunking-read",
         |mut c: Caller<'_, State>, h: u32, chunk: u64, cid: u64, ret: u32| -> wasmtime::Result<()> {
-            check_span(&mut c, ret, 16)?;
-            match host::start_chunking(c.data_mut(), h & !BORROW_BIT, chunk, cid)? {
-                Ok(()) => put(&mut c, ret, &[0u8]),
-                Err(e) => write_error(&mut c, ret, &e),
-            }
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
+            let r = host::start_chunking(c.data_mut(), h & !BORROW_BIT, chunk, cid)?;
+            m.put_result(&mut c, ret, r.as_ref().map(|()| &[][..]))
         },
     )?;
     l.func_wrap(
@@ -266,31 +178,21 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
             if n_iovs > 1024 {
                 return Ok(28); // errno inval
             }
-            let table = get(&mut c, iovs, 8 * n_iovs)?;
+            let m = GuestMem::of_caller(&mut c)?;
+            let table = m.slice(&c, iovs, 8 * n_iovs)?.to_vec();
             let mut data = Vec::new();
             for iov in table.chunks_exact(8) {
-                let p = u32::from_le_bytes(iov[0..4].try_into().unwrap());
-                let n = u32::from_le_bytes(iov[4..8].try_into().unwrap());
-                data.extend_from_slice(&get(&mut c, p, n)?);
+                let (p, n) = crate::abi::unpair(iov);
+                data.extend_from_slice(m.slice(&c, p, n)?);
             }
             let total = data.len() as u32;
             let st = c.data();
-            host_time(&st.clock.waited, &st.clock.ticks, || host::output(&st.host, fd as u8, &data))
+            st.clock
+                .host_time(|| host::output(&st.host, fd as u8, &data))
                 .map_err(|e| wasmtime::format_err!("host output failed: {e}"))?;
-            put(&mut c, nwritten, &total.to_le_bytes())?;
+            m.put(&mut c, nwritten, &total.to_le_bytes())?;
             Ok(0)
         },
     )?;
     Ok(l)
-}
-
-/// The exports of one core instance, bound once per instance.
-pub struct CoreExports {
-    pub memory: Memory,
-    pub realloc: TypedFunc<(i32, i32, i32, i32), i32>,
-    pub handle: TypedFunc<(i32, i64, i64, i64, i32, i32), i32>,
-    pub post_handle: Option<TypedFunc<i32, ()>>,
-    pub invoke: TypedFunc<(i32, i32), i32>,
-    pub post_invoke: Option<TypedFunc<i32, ()>>,
-    pub ended: Option<TypedFunc<(i64, i32, i32, i32), ()>>,
 }
