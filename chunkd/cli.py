@@ -15,7 +15,7 @@ import uvloop
 
 from chunkd.config import Config, load_config
 from chunkd.errors import ChunkdError, ConfigError
-from chunkd.host.wit import CONSUMER_STREAMS
+from chunkd.host.component import CONSUMER_STREAMS
 from chunkd.jobs import COMPLETED, Job
 from chunkd.logging import configure_logging
 from chunkd.summary import describe, job_summary

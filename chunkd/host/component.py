@@ -1,12 +1,14 @@
-"""Loading a guest file and checking it exports the consumer world.
+"""Loading a guest file and checking it exports one of chunkd's worlds.
 
 The native host core does both (chunkd._native.Engine.load): a component
-must export chunked-stream-handler (handle-chunk) and trigger (invoke) with
-exactly the WIT types of wit/streams.wit, may export chunked-stream-events,
-and may import only chunkd:streams and wasi:*; a core module must export the
-same functions at the canonical-ABI level and import only what chunkd gives
-core guests. A failure is a ComponentError naming the component, its file
-and the reason.
+must export trigger (invoke) and either chunked-stream-handler (handle-chunk;
+worlds consumer, and consumer-with-events when it also exports
+chunked-stream-events) or stream-consumer (an async consume; world
+consumer-streams), with exactly the WIT types of wit/streams.wit, and may
+import only chunkd:streams and wasi:*; a core module must export the
+handle-chunk world's functions at the canonical-ABI level and import only
+what chunkd gives core guests. A failure is a ComponentError naming the
+component, its file and the reason.
 """
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from pathlib import Path
 from chunkd import _native
 from chunkd.errors import ComponentError
 
+# the world whose async `consume` reads each started read as a stream<u8> (WASI 0.3 style)
+CONSUMER_STREAMS = "consumer-streams"
+
 
 @dataclass(frozen=True)
 class WorldInfo:
-    world: str  # "consumer" or "consumer-with-events"
+    world: str  # "consumer", "consumer-with-events" or "consumer-streams" (CONSUMER_STREAMS)
     has_events: bool
     imports: tuple[str, ...]
 

@@ -29,7 +29,7 @@ import structlog
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.wit import CONSUMER_STREAMS
+from chunkd.host.component import CONSUMER_STREAMS
 
 if TYPE_CHECKING:
     from chunkd.host.component import LoadedComponent
