@@ -89,7 +89,6 @@ class Runtime:
         cache_dir = self.config.daemon.cache_dir or self.config.daemon.state_dir / "cache"
         self.engine = await loop.run_in_executor(None, make_engine, cache_dir)
         self.clock = EpochClock(self.engine)
-        self.clock.start()
         for name, ccfg in self.config.containers.items():
             self.containers[name] = build_container(ccfg, self.io_executor, file=self.config.file)
         self._services.containers = self.containers

@@ -31,14 +31,12 @@ def make_engine(cache_dir: Path | None) -> _native.Engine:
 
 
 class EpochClock:
-    """The engine's epoch, as instances count call budgets: `ticks` since start."""
+    """The engine's epoch, as instances count call budgets: `ticks` since the engine
+    was made (the native clock runs from the engine's creation)."""
 
     def __init__(self, engine: _native.Engine) -> None:
         self.engine = engine
         self.tick_s = engine.tick_s
-
-    def start(self) -> None:
-        """The native clock runs from the engine's creation."""
 
     @property
     def ticks(self) -> int:
