@@ -22,8 +22,7 @@ from typing import Any
 from chunkd.config import ComponentConfig, Config, DaemonConfig, LimitsConfig
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import (BatchResult, CallFault, CallOutcome, DirectRead, DirectRun, HandleCall, HostStream,
-                                  InstanceBase)
+from chunkd.host.instance import BatchResult, CallFault, CallOutcome, DirectRun, HandleCall, HostStream, InstanceBase
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.metrics import Metrics
@@ -112,7 +111,6 @@ class FakeClock:
 
 
 class FakeInstance(InstanceBase):
-    kind = "fake"
     direct_reads = True  # streams whose blob has a direct_fd are read by the instance thread
 
     def __init__(self, plan: Plan, services: RuntimeServices, *, max_chunk_size: int,
@@ -141,17 +139,24 @@ class FakeInstance(InstanceBase):
             if handle in stopped or self.halt:
                 out.append(CallOutcome(None, 0, 0.0))
                 continue
-            runs = data.reads() if isinstance(data, DirectRun) else [data]
+            # a run: one call per chunk, each (fd, offset, length) read here, as the native core does
+            pieces: list[bytes | tuple[int, int, int]]
+            if isinstance(data, DirectRun):
+                c = data.chunk_size
+                pieces = [(data.fd, data.offset + j * c, c if j < data.count - 1 else data.last_length)
+                          for j in range(data.count)]
+            else:
+                pieces = [data]
             answer: bool | None = None
             made = 0
             error: SourceError | None = None
-            for j, r in enumerate(runs):
+            for j, r in enumerate(pieces):
                 if self.halt:
                     answer = None
                     break
                 try:
-                    if isinstance(r, DirectRead):
-                        answer = self._guarded("handle-chunk", self._handle_direct, handle, cid, current + j, total, r)
+                    if isinstance(r, tuple):
+                        answer = self._guarded("handle-chunk", self._handle_direct, handle, cid, current + j, total, *r)
                     else:
                         answer = self._guarded("handle-chunk", self._handle_chunk, handle, cid, current, total, r)
                 except GuestTrap as e:
@@ -197,10 +202,11 @@ class FakeInstance(InstanceBase):
         self.seen.chunks.setdefault(correlation_id, []).append((current, total, bytes(data)))
         return self.plan.streams[correlation_id].false_at != current
 
-    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int, r: DirectRead) -> bool:
-        data = os.pread(r.fd, r.length, r.offset)
-        if len(data) != r.length:
-            raise SourceError(f"blob changed size: got {len(data)} bytes at offset {r.offset}, expected {r.length}")
+    def _handle_direct(self, handle: int, correlation_id: int, current: int, total: int,
+                       fd: int, offset: int, length: int) -> bool:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise SourceError(f"blob changed size: got {len(data)} bytes at offset {offset}, expected {length}")
         return self._handle_chunk(handle, correlation_id, current, total, data)
 
     @property

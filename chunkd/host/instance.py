@@ -45,25 +45,15 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class DirectRead:
-    """A chunk the instance thread reads itself, from `fd` at `offset`, straight into
-    guest memory (the core path for `file` sources): no bytes object, no I/O-thread hop.
-    (One chunk of a DirectRun.)"""
-
-    fd: int
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
 class DirectRun:
     """`count` consecutive chunks of one stream that the instance thread reads itself
-    (DirectRead each), one handle-chunk call per chunk, back to back: the delivery
-    loop hands a stream's share of a batch over as one item, so its work per batch is
-    O(streams), not O(chunks). Chunks are `chunk_size` long from `offset` on, but the
-    last, which is `last_length` long (the blob's end; 0 for an empty blob). Before the
-    run, `hint_length` bytes from `hint_offset` are hinted to the kernel (posix_fadvise
-    WILLNEED: the delivery's read-ahead, see Delivery.take_direct)."""
+    (from `fd`, straight into guest memory: no bytes object, no I/O-thread hop), one
+    handle-chunk call per chunk, back to back: the delivery loop hands a stream's share
+    of a batch over as one item, so its work per batch is O(streams), not O(chunks).
+    Chunks are `chunk_size` long from `offset` on, but the last, which is `last_length`
+    long (the blob's end; 0 for an empty blob). Before the run, `hint_length` bytes from
+    `hint_offset` are hinted to the kernel (posix_fadvise WILLNEED: the delivery's
+    read-ahead, see Delivery.take_direct)."""
 
     fd: int
     offset: int
@@ -77,18 +67,6 @@ class DirectRun:
     def length(self) -> int:
         return (self.count - 1) * self.chunk_size + self.last_length
 
-    def made_bytes(self, made: int) -> int:
-        """Bytes in the run's first `made` chunks."""
-        return self.length if made >= self.count else made * self.chunk_size
-
-    def reads(self) -> list[DirectRead]:
-        c = self.chunk_size
-        return [DirectRead(self.fd, self.offset + j * c, c if j < self.count - 1 else self.last_length)
-                for j in range(self.count)]
-
-    def delivered(self, made: int) -> tuple[int, int]:
-        """(chunks, bytes) delivered when `made` of the run's calls returned."""
-        return made, self.made_bytes(made)
 
 ChunkData = bytes | DirectRun
 # (handle, correlation-id, current-chunk, total-chunks, data): current-chunk is a run's
@@ -226,7 +204,6 @@ class LineBuffer:
 
 
 class InstanceBase:
-    kind = "component"
     # streams whose blob has a direct_fd are read by the instance itself
     direct_reads = False
 

@@ -85,7 +85,6 @@ class NativeInstance(InstanceBase):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.kind = self.comp.kind
         self._native: _native.Instance | None = None
         self._host = NativeHost(self)
 
