@@ -143,7 +143,7 @@ class Job:
         return self.state.final
 
     def record(self) -> dict[str, Any]:
-        """The durable form (see jobstore.py); its keys are summary.RECORD_KEYS."""
+        """The durable form: its keys are the columns of jobstore.py (_COLUMNS)."""
         return {
             "id": self.id, "component": self.component, "args": self.args, "state": self.state,
             "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
