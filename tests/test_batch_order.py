@@ -6,14 +6,17 @@ import asyncio
 import threading
 
 from tests.fakes import FakeRuntime, Plan, StreamPlan
+from tests.waits import until
 
 
 async def test_a_queued_batch_behind_a_cancelled_one_is_skipped() -> None:
+    entered = threading.Event()
     gate = threading.Event()
 
     def on_call(n: int) -> None:  # the first call holds the instance thread
         if n == 0:
-            gate.wait(10)
+            entered.set()
+            gate.wait(30)
 
     rt = FakeRuntime(budget=1 << 20, max_chunk_size=1 << 16, retries=0, prefetch=2,
                      plan=Plan(streams=[StreamPlan(data=b"abc", chunk_size=1)]), on_call=on_call)
@@ -21,11 +24,15 @@ async def test_a_queued_batch_behind_a_cancelled_one_is_skipped() -> None:
     try:
         await inst.start()
         first = asyncio.ensure_future(inst.handle_chunks([(1, 0, 0, 3, b"a")], fresh=True))
-        await asyncio.sleep(0.05)  # the thread is inside the first call now
+        await until(entered.is_set, "the instance thread to be inside the first call")
         second = asyncio.ensure_future(inst.handle_chunks([(1, 0, 1, 3, b"b")], fresh=False))
         third = asyncio.ensure_future(inst.handle_chunks([(1, 0, 2, 3, b"c")], fresh=False))
-        await asyncio.sleep(0.05)
-        second.cancel()  # before the thread took it
+        await until(lambda: inst._sent == 3, "both batches queued behind the first")
+        second.cancel()  # before the thread took it: the thread is still held in the first call
+        # once the task is done, its executor item is cancelled too (the cancel reaches the
+        # concurrent future before the task finishes): only then may the thread go on
+        await asyncio.wait({second}, timeout=30)
+        assert second.cancelled()
         gate.set()
         assert (await first).outcomes[0].answer is True
         skipped = await third

@@ -206,9 +206,11 @@ def test_nats_restart_loses_no_accepted_job_and_duplicates_run_once(
     for name in ("n1", "n2"):
         nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache"))
     ids = {nodes[i % 2].submit("paced", ["local", "s2.bin"]): "s2.bin" for i in range(6)}
-    time.sleep(0.5)
+    # NATS goes away once the jobs are under way (one started: ~1 s of paced work in all)
+    wait_for(lambda: any(nodes[0].job(jid)["state"] != "queued" for jid in ids), 30, 0.05, "a job to start")
     nats.stop()  # the store is kept
-    time.sleep(1.0)
+    wait_for(lambda: all(n.request("GET", "/healthz")[0] == 503 for n in nodes), 30, 0.1,
+             "both nodes to see NATS gone")
     nats.start()
     wait_for(lambda: all(n.request("GET", "/healthz")[0] == 200 for n in nodes), 30, 0.2, "nodes to reconnect")
     ids.update({nodes[0].submit("sha256", ["local", "s1.bin"]): "s1.bin"})
@@ -235,7 +237,24 @@ def test_nats_restart_loses_no_accepted_job_and_duplicates_run_once(
     dup = asyncio.run(publish_twice())
     j = nodes[1].wait_job(dup, 60)
     assert j["state"] == "completed" and j["attempts"] == 1
-    time.sleep(1.5)  # a second delivery would have started by now
+
+    # no second delivery can come once the component's consumer has nothing left to deliver
+    # and nothing unacked (the duplicate was dropped at publish: one message in all)
+    async def sha256_consumer_settled() -> tuple[int, int]:
+        import nats as nats_py
+        nc = await nats_py.connect(nats.url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 30
+            while True:
+                ci = await js.consumer_info("CHUNKD_JOBS", "chunkd-sha256")
+                left = (ci.num_pending or 0, ci.num_ack_pending or 0)
+                if left == (0, 0) or time.monotonic() > deadline:
+                    return left
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+    assert asyncio.run(sha256_consumer_settled()) == (0, 0)  # (not yet delivered, delivered and unacked)
     starts = [e for n in nodes for e in events(n, "job_started") if e.get("job_id") == dup]
     assert len(starts) == 1, starts
 

@@ -16,6 +16,7 @@ from chunkd.cli import EXIT_CONFIG, EXIT_OK, main
 from chunkd.jobs import COMPLETED, FAILED
 from chunkd.streamset import DIRECT_BATCH_CHUNKS
 from tests.conftest import WAT, make_blob
+from tests.waits import until
 
 CORE = {"core": {"guest": "core_probe"}}
 
@@ -175,8 +176,9 @@ async def test_direct_read_of_a_file_that_shrinks_ends_failed(harness, blobs: Pa
     make_blob(blobs, "s.bin", 1 << 20)
     async with harness(components={"core": {"guest": "core_probe", "max_bytes_per_second": "512KiB"}}) as h:
         job = h.runtime.submit("core", ["local", "s.bin", "65536", "5", "-1", "log"])
-        while not (job.deliveries and job.deliveries[0].stats.chunks >= 2):
-            await asyncio.sleep(0.01)
+        # paced at 512 KiB/s (no catch-up), one 64 KiB chunk per 125 ms: the cut comes
+        # ~375 ms before the read of the chunk that crosses 200_000
+        await until(lambda: job.deliveries and job.deliveries[0].stats.chunks >= 1, "the first chunk")
         os.truncate(blobs / "s.bin", 200_000)
         await asyncio.wait_for(job.done.wait(), 30)
     assert job.state == FAILED

@@ -68,13 +68,14 @@ async def test_waiting_on_the_source_does_not_count_against_call_timeout(harness
     os.mkfifo(fifo)
 
     def writer() -> None:
-        time.sleep(1.5)
+        time.sleep(1.5)  # the slow source itself: it shows up 1.5 s after the job starts
         with open(fifo, "wb") as f:
             f.write(b"x" * 100)
 
-    threading.Thread(target=writer, daemon=True).start()
     async with harness(limits={"call_timeout": "1s"}) as h:
-        job = await h.run("probe", ["open s local slow", "read s 100"])
+        job = h.runtime.submit("probe", ["open s local slow", "read s 100"])
+        threading.Thread(target=writer, daemon=True).start()  # timed from the job, not the harness
+        await asyncio.wait_for(job.done.wait(), 60)
     assert job.state == COMPLETED, job.error
     assert "open s ok" in h.out(job)
 

@@ -16,6 +16,7 @@ from chunkd.summary import job_summary
 from chunkd.jobs import COMPLETED, FAILED
 from chunkd.streamset import MAX_INVOKE_RESULT
 from tests.conftest import make_blob
+from tests.waits import until
 
 MiB = 1024 * 1024
 TENANT = "tenant.bin"
@@ -66,8 +67,7 @@ async def test_hostile_guest_alongside_a_tenant(harness, blobs: Path, mode: str)
     async with harness(components=comps, limits=limits) as h:
         rt = h.runtime
         other = rt.submit("sha256", ["--chunk-size=65536", "local", TENANT])
-        while not (other.deliveries and other.deliveries[0].stats.chunks > 0):
-            await asyncio.sleep(0.01)
+        await until(lambda: other.deliveries and other.deliveries[0].stats.chunks > 0, "the tenant to stream")
         bad = rt.submit("hostile", case.args)
         await asyncio.wait_for(bad.done.wait(), 60)
         await asyncio.wait_for(other.done.wait(), 60)

@@ -11,6 +11,7 @@ import pytest
 from chunkd.jobs import COMPLETED, FAILED
 from tests.remote_support import FaultProxy, Origin
 from tests.test_delivery import chunk_lines, ended
+from tests.waits import until
 
 MiB = 1024 * 1024
 
@@ -130,8 +131,7 @@ async def test_server_that_vanishes(harness, origin: Origin) -> None:
     async with harness(containers=http_container(url), limits={"source_retries": 2, "source_retry_backoff": "1ms"},
                        components={"probe": {"max_bytes_per_second": 4 * MiB}}) as h:
         job = h.runtime.submit("probe", ["open s web a.bin", "start s 65536 1"])
-        while not job.deliveries or job.deliveries[0].stats.chunks < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: job.deliveries and job.deliveries[0].stats.chunks >= 2, "two chunks delivered")
         await origin.stop()
         await asyncio.wait_for(job.done.wait(), 60)
     e = ended(h.out(job), 1)

@@ -12,6 +12,7 @@ import pytest
 from chunkd.jobs import COMPLETED
 from tests.remote_support import FaultProxy
 from tests.test_delivery import chunk_lines, ended
+from tests.waits import until
 
 MiB = 1024 * 1024
 BUCKET = "chunkd-blobs"
@@ -101,8 +102,7 @@ async def test_object_replaced_mid_stream_fails(harness, s3: Any, moto_url: str)
     s3.put_object(Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
     async with harness(containers=bucket(moto_url), components={"probe": {"max_bytes_per_second": 2 * MiB}}) as h:
         job = h.runtime.submit("probe", ["open s bkt r.bin", "start s 65536 1"])
-        while not job.deliveries or job.deliveries[0].stats.chunks < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: job.deliveries and job.deliveries[0].stats.chunks >= 1, "the first chunk")
         await asyncio.to_thread(s3.put_object, Bucket=BUCKET, Key="data/r.bin", Body=os.urandom(6 * MiB))
         await asyncio.wait_for(job.done.wait(), 60)
     e = ended(h.out(job), 1)

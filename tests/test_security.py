@@ -18,6 +18,7 @@ from chunkd.config import load_config
 from chunkd.errors import ConfigError
 from chunkd.security import is_loopback_host
 from tests.service_support import ROOT, Server, free_port, wait_for
+from tests.waits import accepted_from
 
 
 def _config(tmp_path: Path, state_dir: Path, guests: dict[str, Path], listen: str, extra: str = "") -> Path:
@@ -161,7 +162,11 @@ def test_slow_and_surplus_api_connections_are_cut(tmp_path: Path, state_dir: Pat
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
             held.append(c)
-        _time.sleep(0.2)
+        # once the daemon has accept()ed all 8 (it counts connections in the order it accepts
+        # them), the next one is over the limit
+        assert s.proc is not None
+        pid, ports = s.proc.pid, {c.getsockname()[1] for c in held}
+        wait_for(lambda: accepted_from(pid, ports) == 8, 10, 0.01, "the daemon to accept the 8 connections")
         extra = socket.create_connection(("127.0.0.1", port), timeout=5)
         t0 = _time.monotonic()
         assert extra.recv(100) == b"" and _time.monotonic() - t0 < 1  # closed at once: over the limit
