@@ -158,3 +158,49 @@ def test_a_guest_path_that_is_no_regular_file_is_refused(tmp_path: Path, capsys:
     assert "not a regular file" in _check(tmp_path, tmp_path, capsys)
     assert "not a regular file" in _check(tmp_path, Path("/dev/zero"), capsys)
     assert "cannot read" in _check(tmp_path, tmp_path / "missing.wasm", capsys)
+
+
+def test_the_wasmtime_version_is_the_one_cargo_lock_pins() -> None:
+    lock = (Path(__file__).resolve().parent.parent / "native" / "Cargo.lock").read_text()
+    block = lock.split('name = "wasmtime"\n', 1)[1]
+    assert _native.WASMTIME_VERSION == block.split('"')[1]
+
+
+def test_each_fault_has_its_own_exception_class() -> None:
+    classes = [_native.GuestTrapped, _native.GuestTimedOut, _native.NativePanic, _native.InstanceBroken]
+    assert all(issubclass(c, _native.GuestFault) for c in classes)
+    assert len(set(classes)) == 4
+
+
+class _Host:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the host was called ({name}) for a call that should be refused")
+
+
+def test_malformed_batch_arguments_are_refused_before_any_call(guests: dict[str, Path]) -> None:
+    """The boundary is typed: a call tuple of the wrong shape, a run without its fields,
+    or a negative number is refused at the boundary (TypeError, ValueError or
+    OverflowError, as PyO3 extracts), never a guest call or a panic;
+    the instance is unharmed and answers the next good batch."""
+    engine = _native.Engine()
+    try:
+        inst = engine.instance(engine.load("core", guests["core_probe"]), _Host(), 32 << 20, 100)
+        inst.start()
+
+        class HalfRun:
+            fd, offset, chunk_size = 0, 0, 4
+
+        bad: list[Any] = [
+            [(1, 2, 3)],                                    # too short
+            [(1, 2, 3, 4, "text")],                         # neither bytes nor a run
+            [(1, 2, 3, 4, HalfRun())],                      # a run missing fields
+            [(-1, 2, 3, 4, b"x")],                          # a negative handle
+            [("1", 2, 3, 4, b"x")],                         # a string for a number
+        ]
+        for calls in bad:
+            with pytest.raises((TypeError, ValueError, OverflowError)):
+                inst.run_batch(calls, True)
+        results, fault = inst.run_batch([], True)
+        assert results == [] and fault is None
+    finally:
+        engine.stop()
