@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Callable
 
 import structlog
 
-from chunkd.config import LimitsConfig
 from chunkd.errors import SourceError
 from chunkd.host import values
 from chunkd.jobs import StreamRequest
 from chunkd.flowcontrol import read_with_retry
+from chunkd.limits import LiveLimits
 from chunkd.tasks import ScopeClosed, TaskScope
 
 if TYPE_CHECKING:
@@ -42,10 +42,10 @@ async def close_quietly(blob: "Blob") -> None:
 
 
 class RuntimeServices:
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: LimitsConfig, metrics: "Metrics",
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: LiveLimits, metrics: "Metrics",
                  background: TaskScope) -> None:
         self.loop = loop
-        self.limits = limits  # replaced on reload
+        self.limits = limits  # the runtime's live limits (a reload updates them in place): read per call
         self.containers: dict[str, "Container"] = {}  # replaced on reload
         self.metrics = metrics
         self.background = background  # owns blob closes handed over from instance threads
@@ -69,14 +69,14 @@ class RuntimeServices:
         return None if open_now is None else open_now(name, pipes=False)
 
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes:
-        lim = self.limits
+        lim = self.limits.current
         return await read_with_retry(blob, offset, length, lim.source_retries, lim.source_retry_backoff_s)
 
     # --- instance threads -------------------------------------------------------------
 
     def start_chunking(self, inst: "InstanceBase", stream: "HostStream", chunk_size: int,
                        correlation_id: int) -> values.StreamErr | None:
-        lim = self.limits
+        lim = self.limits.current  # the same max_chunk_size InstanceBase.host_read checks
         with stream.lock:
             if stream.chunking or stream.ended:
                 return values.err_closed()

@@ -10,12 +10,13 @@ from typing import Any
 
 import structlog
 
-from chunkd.config import ComponentConfig, LimitsConfig
+from chunkd.config import ComponentConfig
 from chunkd.host.component import LoadedComponent
 from chunkd.host.engine import EpochClock
 from chunkd.host.instance import HostServices, InstanceBase
-from chunkd.host.kinds import instance_class
+from chunkd.host.native_instance import NativeInstance
 from chunkd.flowcontrol import Pacer
+from chunkd.limits import LiveLimits
 from chunkd.tasks import ScopeClosed, TaskScope
 
 log = structlog.get_logger("chunkd.pool")
@@ -23,21 +24,24 @@ log = structlog.get_logger("chunkd.pool")
 RESTART_BACKOFF_MAX_S = 30.0
 
 
-def fingerprint(cfg: ComponentConfig) -> tuple[Any, ...]:
-    """What makes a reload rebuild a pool: its config, or its file changed."""
+def fingerprint(cfg: ComponentConfig, memory_bytes: int) -> tuple[Any, ...]:
+    """What makes a reload rebuild a pool: its config, its file, or limits.instance_memory
+    changed (a store's memory limit is fixed when it is made; the other limits are read
+    live, chunkd/limits.py)."""
     try:
         st = cfg.path.stat()
-        return (cfg, st.st_mtime_ns, st.st_size, st.st_ino)
+        return (cfg, memory_bytes, st.st_mtime_ns, st.st_size, st.st_ino)
     except OSError:
-        return (cfg, None)
+        return (cfg, memory_bytes, None)
 
 
 class InstancePool:
-    def __init__(self, comp: LoadedComponent, cfg: ComponentConfig, limits: LimitsConfig,
+    def __init__(self, comp: LoadedComponent, cfg: ComponentConfig, limits: LiveLimits, memory_bytes: int,
                  services: HostServices, clock: EpochClock, meters: tuple[Any, Any, Any]) -> None:
         self.comp = comp
         self.cfg = cfg
-        self.limits = limits
+        self.limits = limits  # the runtime's live limits, handed to every instance (read, never copied)
+        self.memory_bytes = memory_bytes  # limits.instance_memory of every instance of this pool
         self.services = services
         self.clock = clock
         self.meters = meters  # this component's labelled series: handle seconds, chunks, bytes
@@ -46,15 +50,13 @@ class InstancePool:
         self.waiting = 0
         self._next_index = 0
         self.replaced = 0
-        self.fingerprint = fingerprint(cfg)
+        self.fingerprint = fingerprint(cfg, memory_bytes)
         self.retired = False
         self._scope = TaskScope(f"pool-{comp.name}")
 
     def _new_instance(self) -> InstanceBase:
-        lim = self.limits
-        cls = instance_class(self.comp)
-        inst = cls(self.comp, self._next_index, self.services, self.clock, call_timeout_s=lim.call_timeout_s,
-                   memory_bytes=lim.instance_memory_bytes, max_chunk_size=lim.max_chunk_size_bytes)
+        inst = NativeInstance(self.comp, self._next_index, self.services, self.clock, limits=self.limits,
+                              memory_bytes=self.memory_bytes)
         self._next_index += 1
         return inst
 

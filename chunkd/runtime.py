@@ -32,6 +32,7 @@ from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobrunner import JobRunner
 from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
+from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.flowcontrol import BufferBudget
@@ -60,6 +61,8 @@ class Runtime:
         self._retired_containers: list[Container] = []
         self.pools: dict[str, InstancePool] = {}
         self._retired_pools: list[InstancePool] = []
+        # the one owner of [limits]: pools, instances and host services read it, a reload updates it
+        self.limits = LiveLimits(config.limits)
         self.budget = BufferBudget(config.limits.max_buffered_bytes)
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunkd-io")
         self.background = TaskScope("runtime")
@@ -83,7 +86,7 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._services = RuntimeServices(loop, self.config.limits, self.metrics, self.background)
+        self._services = RuntimeServices(loop, self.limits, self.metrics, self.background)
         self._services.output_listeners = self._output_listeners
         self.metrics.bind(self)
         cache_dir = self.config.daemon.cache_dir or self.config.daemon.state_dir / "cache"
@@ -95,13 +98,16 @@ class Runtime:
         self.pools = await self._build_pools(self.config, {})
 
     async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
-        """Pools for `config`, reusing those in `keep` whose config and file are unchanged."""
+        """Pools for `config`, reusing those in `keep` whose config, file and instance_memory
+        are unchanged. New pools get the runtime's live limits (a reload updates them once
+        the pools are built) and `config`'s instance_memory."""
         engine, clock = self.engine, self.clock
         assert engine is not None and clock is not None
         loop = asyncio.get_running_loop()
         wanted = {n: c for n, c in config.components.items() if self.only is None or n in self.only}
+        memory = config.limits.instance_memory_bytes
         todo = {n: c for n, c in wanted.items()
-                if n not in keep or keep[n].fingerprint != fingerprint(c) or keep[n].retired}
+                if n not in keep or keep[n].fingerprint != fingerprint(c, memory) or keep[n].retired}
         # one at a time: compiling a large component takes hundreds of MB while it runs
         comps = [await loop.run_in_executor(None, load_component, engine, name, c.path) for name, c in todo.items()]
         pools = {n: keep[n] for n in wanted if n not in todo}
@@ -110,7 +116,8 @@ class Runtime:
         try:
             for comp in comps:
                 meters = (m.handle_seconds.labels(comp.name), m.chunks.labels(comp.name), m.bytes.labels(comp.name))
-                pool = InstancePool(comp, config.components[comp.name], config.limits, self.services, clock, meters)
+                pool = InstancePool(comp, config.components[comp.name], self.limits, memory, self.services, clock,
+                                    meters)
                 await pool.start()
                 started.append(pool)
                 pools[comp.name] = pool
@@ -124,6 +131,8 @@ class Runtime:
 
     async def reload(self, config: Config) -> list[str]:
         """SIGHUP: new config and changed components serve new jobs; running streams go on.
+        The new [limits] go into the one LiveLimits, so every instance, kept or new, and the
+        host services read them from then on (the rule per key: docs/cli-and-api.md).
 
         Raises ChunkdError (and changes nothing) when the new config cannot be served."""
         containers: dict[str, Container] = {}
@@ -138,7 +147,7 @@ class Runtime:
         self.config = config
         self.containers = containers
         self.services.containers = containers
-        self.services.limits = config.limits
+        self.limits.update(config.limits)  # kept instances, new ones and the host services alike
         self.budget.set_limit(config.limits.max_buffered_bytes)
         self.pools = pools
         for name, pool in old.items():

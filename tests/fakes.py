@@ -15,7 +15,7 @@ import asyncio
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +25,7 @@ from chunkd.host import values
 from chunkd.host.instance import BatchResult, CallFault, CallOutcome, DirectRun, HandleCall, HostStream, InstanceBase
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
+from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.flowcontrol import BufferBudget, Pacer
 from chunkd.tasks import TaskScope
@@ -116,8 +117,10 @@ class FakeInstance(InstanceBase):
     def __init__(self, plan: Plan, services: RuntimeServices, *, max_chunk_size: int,
                  on_call: Any = None) -> None:
         comp: Any = SimpleNamespace(name="fake", info=SimpleNamespace(world="consumer-with-events"))
-        super().__init__(comp, 0, services, FakeClock(), call_timeout_s=1.0,  # type: ignore[arg-type]
-                         memory_bytes=1 << 20, max_chunk_size=max_chunk_size)
+        # the services' limits, but a short call_timeout and this instance's max_chunk_size
+        limits = LiveLimits(replace(services.limits.current, call_timeout_s=1.0, max_chunk_size_bytes=max_chunk_size))
+        super().__init__(comp, 0, services, FakeClock(), limits=limits,  # type: ignore[arg-type]
+                         memory_bytes=1 << 20)
         self.plan = plan
         self.seen = Observed()
         self.blobs: list[FakeBlob] = []
@@ -250,7 +253,7 @@ class FakeRuntime:
         self.metrics = Metrics()
         self.budget = BufferBudget(budget)
         self.background = TaskScope("fake-runtime")
-        self.services = RuntimeServices(loop, self.config.limits, self.metrics, self.background)
+        self.services = RuntimeServices(loop, LiveLimits(self.config.limits), self.metrics, self.background)
         self.inst = FakeInstance(plan, self.services, max_chunk_size=max_chunk_size, on_call=on_call)
         m = self.metrics
         meters = (m.handle_seconds.labels("fake"), m.chunks.labels("fake"), m.bytes.labels("fake"))

@@ -34,6 +34,7 @@ from chunkd.host.component import CONSUMER_STREAMS
 if TYPE_CHECKING:
     from chunkd.host.component import LoadedComponent
     from chunkd.host.engine import EpochClock
+    from chunkd.limits import LiveLimits
     from chunkd.sources.base import Blob
 
 log = structlog.get_logger("chunkd.instance")
@@ -208,16 +209,18 @@ class InstanceBase:
     direct_reads = False
 
     def __init__(self, comp: "LoadedComponent", index: int, services: HostServices, clock: "EpochClock",
-                 *, call_timeout_s: float, memory_bytes: int, max_chunk_size: int) -> None:
+                 *, limits: "LiveLimits", memory_bytes: int) -> None:
         self.comp = comp
         self.index = index
         self.label = f"{comp.name}#{index}"
         self.services = services
         self.clock = clock
-        self.call_timeout_ticks = clock.ticks_for(call_timeout_s)
-        self.call_timeout_s = call_timeout_s
-        self.memory_bytes = memory_bytes
-        self.max_chunk_size = max_chunk_size
+        self.limits = limits  # the live [limits] (chunkd/limits.py): read at call time, never copied
+        self.memory_bytes = memory_bytes  # fixed for the store's life: its pool's (InstancePool.memory_bytes)
+        # the call_timeout the guest's calls are given: the live one when the latest call
+        # began (arm_call_timeout), so a timeout's message names the bound that stopped it
+        self.call_timeout_s = limits.call_timeout_s
+        self.call_timeout_ticks = clock.ticks_for(self.call_timeout_s)
         self.broken: str | None = None
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         self.active_cids: set[int] = set()
@@ -363,6 +366,17 @@ class InstanceBase:
 
     # --- call bookkeeping (instance thread) ---------------------------------------
 
+    def arm_call_timeout(self) -> int | None:
+        """Before each call into the guest: take the live call_timeout (a reload may have
+        changed it). Its budget in ticks when that differs from the one calls were given
+        until now (the runner of the guest passes it on), else None."""
+        self.call_timeout_s = self.limits.call_timeout_s
+        ticks = self.clock.ticks_for(self.call_timeout_s)
+        if ticks == self.call_timeout_ticks:
+            return None
+        self.call_timeout_ticks = ticks
+        return ticks
+
     def _guarded(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """One call into the guest; a trap, timeout or panic breaks the instance."""
         if self.broken:
@@ -418,8 +432,9 @@ class InstanceBase:
         s = self.streams.get(handle)
         if s is None or s.chunking or s.ended:
             return values.err_closed()
-        if length > self.max_chunk_size:
-            return values.err_invalid(f"len {length} is above max-chunk-size {self.max_chunk_size}")
+        limit = self.limits.max_chunk_size_bytes  # live: the same bound start-chunking-read checks
+        if length > limit:
+            return values.err_invalid(f"len {length} is above max-chunk-size {limit}")
         if length == 0:
             return b""
         try:

@@ -116,13 +116,21 @@ class NativeInstance(InstanceBase):
     def has_events(self) -> bool:
         return self.comp.info.has_events
 
+    def _arm(self) -> None:
+        """Before each call: a reload's call_timeout reaches it (InstanceBase.arm_call_timeout)."""
+        ticks = self.arm_call_timeout()
+        if ticks is not None:
+            self.native.set_timeout_ticks(ticks)
+
     def _invoke(self, args: list[str]) -> tuple[bool, str]:
+        self._arm()
         try:
             return self.native.invoke(args)
         except _native.GuestFault as e:
             raise _fault(e) from None
 
     def _stream_ended(self, correlation_id: int, end: values.StreamEnd) -> str | None:
+        self._arm()
         try:
             return self.native.stream_ended(correlation_id, end.discriminant, end.reason)
         except _native.GuestFault as e:
@@ -131,6 +139,7 @@ class NativeInstance(InstanceBase):
     def _run_batch(self, calls: list[HandleCall], fresh: bool) -> BatchResult:
         if self.broken:
             return BatchResult([], GuestTrap(f"instance {self.label} is broken: {self.broken}"))
+        self._arm()
         results, fault = self.native.run_batch(calls, fresh)
         outcomes = [CallOutcome(r.answer, r.made, r.seconds,
                                 SourceError(r.source_error) if r.source_error is not None else None)
