@@ -35,7 +35,7 @@ from chunkd.host.instance import DirectRun
 from chunkd.flowcontrol import BufferBudget, read_with_retry
 
 if TYPE_CHECKING:
-    from chunkd.host.instance import HostStream
+    from chunkd.host.streamtable import HostStream
 
 log = structlog.get_logger("chunkd.delivery")
 

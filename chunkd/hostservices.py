@@ -2,8 +2,9 @@
 let go of streams, report guest output. Implements host.instance.HostServices.
 
 `start_chunking`, `stream_released` and `guest_output` run on instance
-threads; they touch only thread-safe state here (a lock around the stream
-counters) and hand anything else to the event loop with call_soon_threadsafe.
+threads; they touch only thread-safe state (the instance's StreamTable, a lock
+around the stream counters here, the run's RunInbox) and hand anything else to
+the event loop with call_soon_threadsafe.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from chunkd.tasks import ScopeClosed, TaskScope
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
-    from chunkd.host.instance import HostStream, InstanceBase, JobPort
+    from chunkd.host.instance import InstanceBase, JobPort
+    from chunkd.host.streamtable import HostStream
     from chunkd.metrics import Metrics
     from chunkd.sources import Container
     from chunkd.sources.base import Blob
@@ -74,18 +76,21 @@ class RuntimeServices:
 
     # --- instance threads -------------------------------------------------------------
 
-    def start_chunking(self, inst: "InstanceBase", stream: "HostStream", chunk_size: int,
+    def start_chunking(self, inst: "InstanceBase", handle: int, chunk_size: int,
                        correlation_id: int) -> values.StreamErr | None:
+        """start-chunking-read: the stream table checks the stream and the correlation-id
+        and starts it in one step under its lock; `admit` is that step's last check and
+        this side's commit (the pending count, the request to the loop)."""
         lim = self.limits.current  # the same max_chunk_size InstanceBase.host_read checks
-        with stream.lock:
-            if stream.chunking or stream.ended:
-                return values.err_closed()
-            if chunk_size == 0 or chunk_size > lim.max_chunk_size_bytes:
-                return values.err_invalid(
-                    f"chunk-size {chunk_size} must be between 1 and max-chunk-size {lim.max_chunk_size_bytes}")
-            if correlation_id in inst.active_cids:
-                return values.err_invalid(f"correlation-id {correlation_id} is already active in this instance")
-            job = inst.job
+        invalid = None
+        if chunk_size == 0 or chunk_size > lim.max_chunk_size_bytes:
+            invalid = values.err_invalid(
+                f"chunk-size {chunk_size} must be between 1 and max-chunk-size {lim.max_chunk_size_bytes}")
+        job = inst.job
+        wake = False
+
+        def admit(stream: "HostStream") -> values.StreamErr | None:
+            nonlocal wake
             if job is None:
                 return values.err_failed("no job is running on this instance")
             with self._lock:
@@ -93,12 +98,13 @@ class RuntimeServices:
                     return values.err_failed(f"pending stream queue is full ({lim.max_pending_streams} streams)")
                 self.active_streams += 1
                 self.streams_started += 1
-            stream.chunking = True
-            inst.active_cids.add(correlation_id)
             wake = job.add_request(StreamRequest(inst, stream, chunk_size, correlation_id, stream.position))
-        if wake:
+            return None
+
+        err = inst.streams.start(handle, correlation_id, invalid, admit)
+        if wake and job is not None:
             self.loop.call_soon_threadsafe(job.wake)
-        return None
+        return err
 
     def stream_released(self, inst: "InstanceBase", stream: "HostStream") -> None:
         self.loop.call_soon_threadsafe(self._close_later, stream.blob)

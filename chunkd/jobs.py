@@ -14,7 +14,8 @@ from chunkd.streamview import StreamSummary, stream_summary
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
-    from chunkd.host.instance import HostStream, InstanceBase
+    from chunkd.host.instance import InstanceBase
+    from chunkd.host.streamtable import HostStream
 
 
 class JobState(StrEnum):

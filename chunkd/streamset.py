@@ -326,8 +326,7 @@ class StreamSet:
         d.stats.ended_at = time.time()
         self.job.open_streams -= 1
         d.stop()
-        self.inst.active_cids.discard(d.correlation_id)
-        self.inst.forget_stream(d.stream)
+        self.inst.streams.end(d.stream)  # its correlation-id is free; the table lets go once the handle is dropped
         self.accounting.stream_ended(d, end)
         d.log.info("stream_ended", end=str(end), chunks=d.stats.chunks, bytes=d.stats.bytes, retries=d.stats.retries)
         return True

@@ -22,7 +22,7 @@ from typing import Any
 from chunkd.config import ComponentConfig, Config, DaemonConfig, LimitsConfig
 from chunkd.errors import GuestTrap, SourceError
 from chunkd.host import values
-from chunkd.host.instance import BatchResult, CallFault, CallOutcome, DirectRun, HandleCall, HostStream, InstanceBase
+from chunkd.host.instance import BatchResult, CallFault, CallOutcome, DirectRun, HandleCall, InstanceBase
 from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.limits import LiveLimits
@@ -183,9 +183,7 @@ class FakeInstance(InstanceBase):
             blob = FakeBlob(sp.data, known_size=sp.known_size, read_unit=sp.read_unit, faults={},
                             direct=sp.direct and sp.known_size)
             self.blobs.append(blob)
-            handle = self._next_handle
-            self._next_handle += 1
-            self.streams[handle] = HostStream(handle, "fake", f"blob{cid}", blob)
+            handle = self.streams.open("fake", f"blob{cid}", blob).handle
             if sp.pre_read:
                 got = self.host_read(handle, sp.pre_read)
                 assert isinstance(got, bytes) and got == sp.data[:sp.pre_read], got

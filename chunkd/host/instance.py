@@ -2,8 +2,9 @@
 
 InstanceBase holds what every instance shares: the worker thread that makes
 every call into the guest (so the event loop never blocks and no two calls
-run in one instance at once), the stream table, and the host side of the
-chunkd imports, answering in neutral values (values.py). How a guest is run
+run in one instance at once), the stream table (StreamTable, streamtable.py: the
+one owner of the streams both the instance thread and the loop change), and the host
+side of the chunkd imports, answering in neutral values (values.py). How a guest is run
 is its subclass's: NativeInstance (native_instance.py) runs every kind of
 guest in the native host core (chunkd._native, on the wasmtime crate);
 tests/fakes.py has a fast fake for property tests.
@@ -20,9 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
 
 import structlog
@@ -30,6 +30,8 @@ import structlog
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
 from chunkd.host import values
 from chunkd.host.component import CONSUMER_STREAMS
+from chunkd.host.streamtable import HostStream as HostStream  # re-exported: its old home
+from chunkd.host.streamtable import StreamTable, TableClosed
 
 if TYPE_CHECKING:
     from chunkd.host.component import LoadedComponent
@@ -120,21 +122,6 @@ class CallFault(Exception):
         self.reason = reason
 
 
-@dataclass
-class HostStream:
-    """An input-stream resource as the host keeps it (rep = handle)."""
-
-    handle: int
-    container: str
-    name: str
-    blob: "Blob"
-    position: int = 0
-    chunking: bool = False
-    handle_dropped: bool = False
-    ended: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class JobPort(Protocol):
     """The job an instance serves, as the instance thread sees it (hostservices.py): the
     run's inbox (chunkd/jobs.py RunInbox), never the job record, which lives above."""
@@ -166,13 +153,15 @@ class HostServices(Protocol):
         loop (a regular file), else None (then open_blob runs on the loop)."""
         ...
 
-    def start_chunking(self, inst: "InstanceBase", stream: HostStream, chunk_size: int,
+    def start_chunking(self, inst: "InstanceBase", handle: int, chunk_size: int,
                        correlation_id: int) -> values.StreamErr | None:
-        """Called on the instance thread; None on success, else a stream-error."""
+        """Called on the instance thread; None on success, else a stream-error. Starts it
+        through inst.streams (StreamTable.start), so the checks and the start are one step."""
         ...
 
     def stream_released(self, inst: "InstanceBase", stream: HostStream) -> None:
-        """The guest dropped its handle of a stream that is not being chunked."""
+        """Release the blob of a stream the table let go of (a stream not being chunked
+        whose handle the guest dropped, or one opened after the instance closed)."""
         ...
 
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None: ...
@@ -223,12 +212,11 @@ class InstanceBase:
         self.call_timeout_ticks = clock.ticks_for(self.call_timeout_s)
         self.broken: str | None = None
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
-        self.active_cids: set[int] = set()
-        self.streams: dict[int, HostStream] = {}
+        # shared by the instance thread and the loop; changed only through its methods
+        self.streams = StreamTable()
         # the streams world: the errors this job's consume calls returned (correlation-id,
         # message), in the order their ends were told; reset by each invoke
         self.verdicts: list[tuple[int, str]] = []
-        self._next_handle = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wasm-{self.label}")
         self._closed = False
         self._halt = False
@@ -263,9 +251,7 @@ class InstanceBase:
             await self._on_thread(self._drop_store)
         finally:
             self._executor.shutdown(wait=False)
-            held = [s for s in self.streams.values() if not s.chunking]
-            self.streams.clear()
-            for s in held:
+            for s in self.streams.close():  # each once; later opens are refused
                 try:
                     await s.blob.close()
                 except Exception as e:
@@ -417,9 +403,11 @@ class InstanceBase:
             return values.err_failed(str(e))
         except TimeoutError:
             return values.err_failed(f"open {container}/{name}: timed out")
-        handle = self._next_handle
-        self._next_handle += 1
-        self.streams[handle] = HostStream(handle, container, name, blob)
+        try:
+            handle = self.streams.open(container, name, blob).handle
+        except TableClosed as e:  # the instance closed while the blob was opening
+            self.services.stream_released(self, e.stream)
+            return values.err_closed()
         log.debug("blob_opened", component=self.comp.name, instance=self.label, container=container,
                   blob=name, size=blob.size, handle=handle)
         return handle
@@ -429,8 +417,8 @@ class InstanceBase:
         return None if s is None else s.blob.size
 
     def host_read(self, handle: int, length: int) -> bytes | values.StreamErr:
-        s = self.streams.get(handle)
-        if s is None or s.chunking or s.ended:
+        s = self.streams.readable(handle)
+        if s is None:
             return values.err_closed()
         limit = self.limits.max_chunk_size_bytes  # live: the same bound start-chunking-read checks
         if length > limit:
@@ -443,26 +431,13 @@ class InstanceBase:
             return values.err_failed(str(e))
         except TimeoutError:
             return values.err_failed(f"read of {s.container}/{s.name} timed out")
-        s.position += len(data)
+        s.position += len(data)  # the instance thread's alone: no start can run meanwhile
         return data
 
     def host_start_chunking(self, handle: int, chunk_size: int, correlation_id: int) -> values.StreamErr | None:
-        s = self.streams.get(handle)
-        if s is None or s.ended:
-            return values.err_closed()
-        return self.services.start_chunking(self, s, chunk_size, correlation_id)
+        return self.services.start_chunking(self, handle, chunk_size, correlation_id)
 
     def host_drop(self, handle: int) -> None:
-        s = self.streams.get(handle)
-        if s is None:
-            return
-        s.handle_dropped = True
-        if not s.chunking:
-            del self.streams[handle]
-            self.services.stream_released(self, s)
-
-    def forget_stream(self, s: HostStream) -> None:
-        """A chunked stream ended; keep it only while the guest still holds its handle."""
-        s.ended = True
-        if s.handle_dropped:
-            self.streams.pop(s.handle, None)
+        released = self.streams.drop(handle)  # a stream being chunked stays: dropping does not cancel
+        if released is not None:
+            self.services.stream_released(self, released)
