@@ -4,7 +4,7 @@ FakeInstance is a real InstanceBase (the same thread, the same guarded-call
 and host-import code) whose guest is a Python script: it starts the streams
 a Plan describes, answers handle-chunk as the plan says, and can trap (a
 CallFault, as the native core reports one) where the plan says; its batch
-loop is a Python model of the native one (native/src/instance.rs). FakeBlob is a blob source with injected
+loop is a Python model of the native one (native/src/batch.rs). FakeBlob is a blob source with injected
 transient and permanent faults. FakePool and FakeRuntime give a JobRunner
 exactly what it needs, so a whole job runs through the real runner, stream
 set and deliveries.

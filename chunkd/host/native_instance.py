@@ -75,9 +75,18 @@ class NativeHost:
             out.flush()
 
 
+# one exception class per kind of fault (native/src/errors.rs)
+_FAULT_KINDS: dict[type[_native.GuestFault], str] = {
+    _native.GuestTrapped: "trap",
+    _native.GuestTimedOut: "timeout",
+    _native.NativePanic: "panic",
+    _native.InstanceBroken: "broken",
+}
+
+
 def _fault(e: _native.GuestFault) -> CallFault:
-    kind, reason = e.args
-    return CallFault(str(kind), str(reason))
+    reason = str(e.args[0]) if e.args else ""
+    return CallFault(_FAULT_KINDS.get(type(e), "trap"), reason)
 
 
 class NativeInstance(InstanceBase):
@@ -144,7 +153,7 @@ class NativeInstance(InstanceBase):
         outcomes = [CallOutcome(r.answer, r.made, r.seconds,
                                 SourceError(r.source_error) if r.source_error is not None else None)
                     for r in results]
-        trap = self.classify(CallFault(*fault), self.chunk_call) if fault is not None else None
+        trap = self.classify(_fault(fault), self.chunk_call) if fault is not None else None
         return BatchResult(outcomes, trap)
 
     def inject_panic(self, after_calls: int) -> None:
