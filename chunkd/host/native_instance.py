@@ -3,11 +3,13 @@
 NativeInstance is the one way production chunkd runs a guest, component or
 core module alike: every call (instantiate, invoke, a whole batch of
 handle-chunk calls or of writes into streams, stream-ended) is one call into
-the extension, which
-releases the GIL for its duration, re-arms the epoch deadline per guest call
-and catches its own panics. Chunk bytes never pass through Python: a bytes
-chunk is lowered from the bytes object with one copy, a file chunk is
-`pread` by the extension (straight into guest memory for core modules).
+the extension, which releases the GIL for its duration, re-arms the epoch
+deadline per guest call and catches its own panics. Chunk bytes never pass
+through Python: a bytes chunk is lowered from the bytes object with one copy,
+a file chunk is `pread` by the extension (into its buffer for a component,
+straight into guest memory for a core module, straight into the guest's
+read buffer for a streams component). A fault comes back as one exception
+class per kind (GuestTrapped, GuestTimedOut, NativePanic, InstanceBroken).
 
 The extension calls back into Python (NativeHost) only for the imports that
 need the daemon: blobs.open, input-stream.size, read, start-chunking-read,

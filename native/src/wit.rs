@@ -1,5 +1,5 @@
 //! The WIT names of wit/streams.wit that the native host links and calls
-//! (chunkd/host/wit.py holds the same names for Python).
+//! (chunkd/host/component.py names the worlds for Python).
 
 pub const TYPES_IFACE: &str = "chunkd:streams/types@0.1.0";
 pub const BLOBS_IFACE: &str = "chunkd:streams/blobs@0.1.0";
