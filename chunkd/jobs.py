@@ -14,7 +14,7 @@ from chunkd.streamview import StreamSummary, stream_summary
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
-    from chunkd.host.instance import InstanceBase
+    from chunkd.host.instance import InstanceBase, OutputPort
     from chunkd.host.streamtable import HostStream
 
 
@@ -62,6 +62,8 @@ class RunInbox:
         self._wake_pending = False  # a wake() is scheduled on the loop and has not run yet
         self.ready = asyncio.Event()
         self.ready_streams: collections.deque["Delivery"] = collections.deque()
+        # this attempt's outputs (chunkd/outputs.py), set by the job runner; None: no outputs
+        self.outputs: "OutputPort | None" = None
 
     @property
     def id(self) -> str:

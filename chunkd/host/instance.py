@@ -122,9 +122,26 @@ class CallFault(Exception):
         self.reason = reason
 
 
+class OutputPort(Protocol):
+    """A job attempt's outputs (chunkd/outputs.py JobOutputs), as the instance thread
+    reaches them, through the loop. A refusal raises a ChunkdError whose `kind` is
+    closed, invalid or failed (the WIT stream-error case)."""
+
+    async def create(self, container: str, name: str) -> int: ...
+
+    async def write(self, handle: int, data: bytes) -> None: ...
+
+    async def finish(self, handle: int) -> None: ...
+
+    async def drop(self, handle: int) -> None: ...
+
+
 class JobPort(Protocol):
     """The job an instance serves, as the instance thread sees it (hostservices.py): the
     run's inbox (chunkd/jobs.py RunInbox), never the job record, which lives above."""
+
+    @property
+    def outputs(self) -> OutputPort | None: ...
 
     @property
     def id(self) -> str: ...
@@ -214,6 +231,9 @@ class InstanceBase:
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         # shared by the instance thread and the loop; changed only through its methods
         self.streams = StreamTable()
+        # instance handle -> (the job's outputs, its handle there); instance thread only
+        self._outputs: dict[int, tuple[OutputPort, int]] = {}
+        self._next_output = 1
         # the streams world: the errors this job's consume calls returned (correlation-id,
         # message), in the order their ends were told; reset by each invoke
         self.verdicts: list[tuple[int, str]] = []
@@ -436,6 +456,78 @@ class InstanceBase:
 
     def host_start_chunking(self, handle: int, chunk_size: int, correlation_id: int) -> values.StreamErr | None:
         return self.services.start_chunking(self, handle, chunk_size, correlation_id)
+
+    # --- outputs (blobs.create, output-stream, write-blob): instance thread ----------
+
+    def _refusal(self, e: ChunkdError) -> values.StreamErr:
+        kind = getattr(e, "kind", "failed")
+        if kind == "closed":
+            return values.err_closed()
+        return values.err_invalid(str(e)) if kind == "invalid" else values.err_failed(str(e))
+
+    def _output(self, handle: int) -> tuple[OutputPort, int] | None:
+        """The current job's output behind an instance handle (one of an earlier job: None)."""
+        entry = self._outputs.get(handle)
+        job = self.job
+        if entry is None or job is None or entry[0] is not job.outputs:
+            return None
+        return entry
+
+    def host_create(self, container: str, name: str) -> int | values.StreamErr:
+        job = self.job
+        outputs = job.outputs if job is not None else None
+        if outputs is None:
+            return values.err_failed("no job is running on this instance")
+        try:
+            out = self._wait_on_loop(outputs.create(container, name))
+        except ChunkdError as e:
+            return self._refusal(e)
+        except TimeoutError:
+            return values.err_failed(f"create {container}/{name}: timed out")
+        handle = self._next_output
+        self._next_output += 1
+        self._outputs[handle] = (outputs, out)
+        return handle
+
+    def host_write(self, handle: int, data: bytes) -> values.StreamErr | None:
+        entry = self._output(handle)
+        if entry is None:
+            return values.err_closed()
+        limit = self.limits.max_chunk_size_bytes
+        if len(data) > limit:
+            return values.err_invalid(f"write of {len(data)} bytes is above max-chunk-size {limit}")
+        try:
+            self._wait_on_loop(entry[0].write(entry[1], data))
+        except ChunkdError as e:
+            return self._refusal(e)
+        except TimeoutError:
+            return values.err_failed("write timed out")
+        return None
+
+    def host_finish(self, handle: int) -> values.StreamErr | None:
+        entry = self._output(handle)
+        if entry is None:
+            return values.err_closed()
+        try:
+            self._wait_on_loop(entry[0].finish(entry[1]))
+        except ChunkdError as e:
+            return self._refusal(e)
+        except TimeoutError:
+            return values.err_failed("finish timed out")
+        return None
+
+    def host_drop_output(self, handle: int) -> None:
+        entry = self._output(handle)
+        self._outputs.pop(handle, None)
+        if entry is not None:
+            try:
+                self._wait_on_loop(entry[0].drop(entry[1]))
+            except (ChunkdError, TimeoutError) as e:
+                log.warning("output_drop_failed", instance=self.label, error=str(e))
+
+    def output_cap(self) -> int:
+        """The most bytes one write may carry (the streams world's pipe takes this much)."""
+        return min(self.limits.max_chunk_size_bytes, 1 << 20)
 
     def host_drop(self, handle: int) -> None:
         released = self.streams.drop(handle)  # a stream being chunked stays: dropping does not cancel

@@ -13,7 +13,9 @@ class per kind (GuestTrapped, GuestTimedOut, NativePanic, InstanceBroken).
 
 The extension calls back into Python (NativeHost) only for the imports that
 need the daemon: blobs.open, input-stream.size, read, start-chunking-read,
-the resource drop and guest output.
+the resource drop, the outputs (blobs.create, output-stream.write and finish,
+its drop, and each piece write-blob takes from a streams guest) and guest
+output.
 """
 from __future__ import annotations
 
@@ -66,6 +68,24 @@ class NativeHost:
 
     def drop(self, handle: int) -> None:
         self._get().host_drop(handle)
+
+    def create(self, container: str, name: str) -> int | NativeErr:
+        r = self._get().host_create(container, name)
+        return r.to_native() if isinstance(r, values.StreamErr) else r
+
+    def write(self, handle: int, data: bytes) -> NativeErr | None:
+        r = self._get().host_write(handle, data)
+        return None if r is None else r.to_native()
+
+    def finish(self, handle: int) -> NativeErr | None:
+        r = self._get().host_finish(handle)
+        return None if r is None else r.to_native()
+
+    def drop_output(self, handle: int) -> None:
+        self._get().host_drop_output(handle)
+
+    def output_cap(self) -> int:
+        return self._get().output_cap()
 
     def output(self, fd: int, data: bytes) -> None:
         out = self._out.get(fd)

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use wasmtime::component::{Component, ComponentType, Lift, Linker, Lower, Resource, ResourceType};
+use wasmtime::component::{
+    Accessor, Component, ComponentType, Lift, Linker, Lower, Resource, ResourceType, StreamReader,
+};
 use wasmtime::Engine;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use crate::errors::first_line;
 use crate::guest::{Code, Guest};
 use crate::host::{self, StreamErr};
+use crate::outpipe::{self, Pipe, SharedPipe};
 use crate::output::GuestOut;
 use crate::sigs::export_sig;
 use crate::state::{CallClock, State};
@@ -19,6 +22,9 @@ use crate::wit;
 
 /// The host side of `resource input-stream`: its rep is the stream's handle in Python.
 pub struct InputStream;
+
+/// The host side of `resource output-stream`: its rep is the output's handle in Python.
+pub struct OutputStream;
 
 #[derive(ComponentType, Lift, Lower, Clone, Debug)]
 #[component(variant)]
@@ -71,6 +77,23 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
                 Ok((host::read(store.data_mut(), this.rep(), len)?.map_err(StreamError::from),))
             },
         )?;
+        types.resource("output-stream", ResourceType::host::<OutputStream>(), |mut store, rep| {
+            host::drop_output(store.data_mut(), rep)
+        })?;
+        types.func_wrap(
+            "[method]output-stream.write",
+            |mut store,
+             (this, data): (Resource<OutputStream>, Vec<u8>)|
+             -> wasmtime::Result<(Result<(), StreamError>,)> {
+                Ok((host::write_output(store.data_mut(), this.rep(), &data)?.map_err(StreamError::from),))
+            },
+        )?;
+        types.func_wrap(
+            "[method]output-stream.finish",
+            |mut store, (this,): (Resource<OutputStream>,)| -> wasmtime::Result<(Result<(), StreamError>,)> {
+                Ok((host::finish_output(store.data_mut(), this.rep())?.map_err(StreamError::from),))
+            },
+        )?;
         types.func_wrap(
             "[method]input-stream.start-chunking-read",
             |mut store,
@@ -91,8 +114,54 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
                 Ok((r.map(Resource::new_own).map_err(StreamError::from),))
             },
         )?;
+        blobs.func_wrap(
+            "create",
+            |mut store,
+             (container, name): (String, String)|
+             -> wasmtime::Result<(Result<Resource<OutputStream>, StreamError>,)> {
+                let r = host::create_output(store.data_mut(), &container, &name)?;
+                Ok((r.map(Resource::new_own).map_err(StreamError::from),))
+            },
+        )?;
+    }
+    {
+        let mut writer = l.instance(wit::BLOB_WRITER_IFACE)?;
+        writer.func_wrap_concurrent("write-blob", |acc: &Accessor<State>, params: WriteBlobParams| {
+            Box::pin(write_blob(acc, params))
+        })?;
     }
     Ok(l)
+}
+
+type WriteBlobParams = (String, String, StreamReader<u8>);
+
+/// `write-blob(container, name, data)`: the output is created, the guest's stream piped
+/// into it (outpipe.rs) until the guest closes its end, then sealed; a refusal or a sink
+/// error is the result's error (the output is then dropped: aborted).
+async fn write_blob(
+    acc: &Accessor<State>,
+    (container, name, mut data): WriteBlobParams,
+) -> wasmtime::Result<(Result<(), StreamError>,)> {
+    let handle = match acc.with(|mut a| host::create_output(a.data_mut(), &container, &name))? {
+        Ok(h) => h,
+        Err(e) => {
+            acc.with(|mut a| data.close(&mut a))?;
+            return Ok((Err(e.into()),));
+        }
+    };
+    let cap = acc.with(|mut a| host::output_cap(a.data_mut()))?;
+    let state = SharedPipe::default();
+    acc.with(|mut a| data.pipe(&mut a, Pipe { state: state.clone(), handle, cap }))?;
+    std::future::poll_fn(|cx| outpipe::lock(&state).poll_over(cx)).await;
+    let refused = outpipe::lock(&state).error.take();
+    let r = match refused {
+        Some(e) => {
+            acc.with(|mut a| host::drop_output(a.data_mut(), handle))?;
+            Err(e)
+        }
+        None => acc.with(|mut a| host::finish_output(a.data_mut(), handle))?,
+    };
+    Ok((r.map_err(StreamError::from),))
 }
 
 /// WASI 0.2 locked down: no preopens, no environment, no arguments, no network,
@@ -164,7 +233,11 @@ pub fn check_and_link(engine: &Engine, label: &str, comp: Component) -> Result<G
     let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     imports.sort();
     for imp in &imports {
-        if imp == wit::TYPES_IFACE || imp == wit::BLOBS_IFACE || imp.starts_with("wasi:") {
+        if imp == wit::TYPES_IFACE
+            || imp == wit::BLOBS_IFACE
+            || imp == wit::BLOB_WRITER_IFACE
+            || imp.starts_with("wasi:")
+        {
             continue;
         }
         return Err(format!("{label}: imports {imp:?}, which chunkd does not provide"));

@@ -28,6 +28,10 @@ fn imports_allowed() -> Vec<ImportSig> {
         ((wit::TYPES_IFACE, "[method]input-stream.read"), vec![I32, I64, I32], vec![]),
         ((wit::TYPES_IFACE, "[method]input-stream.start-chunking-read"), vec![I32, I64, I64, I32], vec![]),
         ((wit::TYPES_IFACE, "[resource-drop]input-stream"), vec![I32], vec![]),
+        ((wit::BLOBS_IFACE, "create"), vec![I32, I32, I32, I32, I32], vec![]),
+        ((wit::TYPES_IFACE, "[method]output-stream.write"), vec![I32, I32, I32, I32], vec![]),
+        ((wit::TYPES_IFACE, "[method]output-stream.finish"), vec![I32, I32], vec![]),
+        ((wit::TYPES_IFACE, "[resource-drop]output-stream"), vec![I32], vec![]),
         // a core guest's stdout and stderr become guest output, as a component's do
         ((wit::WASI_P1, "fd_write"), vec![I32, I32, I32, I32], vec![I32]),
     ]
@@ -167,6 +171,46 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
             }
             host::drop_stream(c.data_mut(), h)
         },
+    )?;
+    l.func_wrap(
+        wit::BLOBS_IFACE,
+        "create",
+        |mut c: Caller<'_, State>, cp: u32, cl: u32, np: u32, nl: u32, ret: u32| -> wasmtime::Result<()> {
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
+            let container = m.string(&c, cp, cl)?;
+            let name = m.string(&c, np, nl)?;
+            match host::create_output(c.data_mut(), &container, &name)? {
+                Ok(h) => m.put_result(&mut c, ret, Ok(&h.to_le_bytes())),
+                Err(e) => m.put_result(&mut c, ret, Err(&e)),
+            }
+        },
+    )?;
+    l.func_wrap(
+        wit::TYPES_IFACE,
+        "[method]output-stream.write",
+        |mut c: Caller<'_, State>, h: u32, p: u32, n: u32, ret: u32| -> wasmtime::Result<()> {
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
+            let data = m.slice(&c, p, n)?.to_vec();
+            let r = host::write_output(c.data_mut(), h, &data)?;
+            m.put_result(&mut c, ret, r.as_ref().map(|()| &[][..]))
+        },
+    )?;
+    l.func_wrap(
+        wit::TYPES_IFACE,
+        "[method]output-stream.finish",
+        |mut c: Caller<'_, State>, h: u32, ret: u32| -> wasmtime::Result<()> {
+            let m = GuestMem::of_caller(&mut c)?;
+            m.slice(&c, ret, 16)?;
+            let r = host::finish_output(c.data_mut(), h)?;
+            m.put_result(&mut c, ret, r.as_ref().map(|()| &[][..]))
+        },
+    )?;
+    l.func_wrap(
+        wit::TYPES_IFACE,
+        "[resource-drop]output-stream",
+        |mut c: Caller<'_, State>, h: u32| -> wasmtime::Result<()> { host::drop_output(c.data_mut(), h) },
     )?;
     l.func_wrap(
         wit::WASI_P1,

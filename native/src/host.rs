@@ -10,7 +10,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::state::State;
+use crate::state::{CallClock, State};
 
 /// The `stream-error` variant of wit/streams.wit, independent of how it crosses.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ impl StreamErr {
         }
     }
 
-    fn from_py(v: &Bound<'_, PyAny>) -> PyResult<StreamErr> {
+    pub fn from_py(v: &Bound<'_, PyAny>) -> PyResult<StreamErr> {
         let t = v.downcast::<PyTuple>()?;
         let disc: u8 = t.get_item(0)?.extract()?;
         let msg: String = t.get_item(1)?.extract()?;
@@ -48,20 +48,37 @@ impl StreamErr {
     }
 }
 
+/// One call into the host services, as host time; a Python exception is its message.
+pub fn call_host<R>(
+    host: &Py<PyAny>,
+    clock: &CallClock,
+    what: &str,
+    f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R>,
+) -> Result<R, String> {
+    let r = clock.host_time(|| Python::with_gil(|py| f(py, host.bind(py)).map_err(|e| e.to_string())));
+    r.map_err(|e| format!("host import {what} failed: {e}"))
+}
+
 fn call<R>(
     state: &mut State,
     what: &str,
     f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R>,
 ) -> wasmtime::Result<R> {
-    let host = &state.host;
-    let r = state.clock.host_time(|| Python::with_gil(|py| f(py, host.bind(py)).map_err(|e| e.to_string())));
-    match r {
+    match call_host(&state.host, &state.clock, what, f) {
         Ok(v) => Ok(v),
-        Err(e) => {
-            let msg = format!("host import {what} failed: {e}");
+        Err(msg) => {
             state.host_error = Some(msg.clone());
             Err(wasmtime::format_err!(msg))
         }
+    }
+}
+
+/// `None` for success, else the stream-error Python answered.
+pub fn unit_or_err(r: &Bound<'_, PyAny>) -> PyResult<Result<(), StreamErr>> {
+    if r.is_none() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(StreamErr::from_py(r)?))
     }
 }
 
@@ -120,4 +137,37 @@ pub fn output(host: &Py<PyAny>, fd: u8, data: &[u8]) -> PyResult<()> {
         host.bind(py).call_method1("output", (fd, PyBytes::new(py, data)))?;
         Ok(())
     })
+}
+
+/// `blobs.create`: the output's handle, or the stream-error.
+pub fn create_output(state: &mut State, container: &str, name: &str) -> wasmtime::Result<Result<u32, StreamErr>> {
+    call(state, "create", |_py, h| {
+        let r = h.call_method1("create", (container, name))?;
+        if r.is_instance_of::<PyTuple>() {
+            Ok(Err(StreamErr::from_py(&r)?))
+        } else {
+            Ok(Ok(r.extract::<u32>()?))
+        }
+    })
+}
+
+/// `output-stream.write`: blocks (as host time) while the output drains to its sink.
+pub fn write_output(state: &mut State, handle: u32, data: &[u8]) -> wasmtime::Result<Result<(), StreamErr>> {
+    call(state, "output-stream.write", |py, h| unit_or_err(&h.call_method1("write", (handle, PyBytes::new(py, data)))?))
+}
+
+pub fn finish_output(state: &mut State, handle: u32) -> wasmtime::Result<Result<(), StreamErr>> {
+    call(state, "output-stream.finish", |_py, h| unit_or_err(&h.call_method1("finish", (handle,))?))
+}
+
+pub fn drop_output(state: &mut State, handle: u32) -> wasmtime::Result<()> {
+    call(state, "output-stream drop", |_py, h| {
+        h.call_method1("drop_output", (handle,))?;
+        Ok(())
+    })
+}
+
+/// The most bytes one `write` may carry (max-chunk-size), for the streams world's pipe.
+pub fn output_cap(state: &mut State) -> wasmtime::Result<usize> {
+    call(state, "output cap", |_py, h| h.call_method0("output_cap")?.extract::<usize>())
 }

@@ -21,6 +21,7 @@ mod core_link;
 mod drive;
 mod feed;
 mod load;
+mod outpipe;
 // the ground: no chunkd module below these but each other's
 mod chunks;
 mod engine;

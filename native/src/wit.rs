@@ -7,6 +7,7 @@ pub const HANDLER_IFACE: &str = "chunkd:streams/chunked-stream-handler@0.1.0";
 pub const EVENTS_IFACE: &str = "chunkd:streams/chunked-stream-events@0.1.0";
 pub const TRIGGER_IFACE: &str = "chunkd:streams/trigger@0.1.0";
 pub const CONSUMER_IFACE: &str = "chunkd:streams/stream-consumer@0.1.0";
+pub const BLOB_WRITER_IFACE: &str = "chunkd:streams/blob-writer@0.1.0";
 
 pub const CONSUMER: &str = "consumer";
 pub const CONSUMER_WITH_EVENTS: &str = "consumer-with-events";

@@ -21,7 +21,7 @@ LAYERS: list[list[str]] = [
     ["api_engine", "api_instance"],
     ["batch"],
     ["kinds"],
-    ["load", "drive", "feed", "core_link", "component_link", "abi"],
+    ["load", "drive", "feed", "core_link", "component_link", "outpipe", "abi"],
     ["output", "host", "guest", "errors", "state", "engine", "sigs", "chunks", "fileio", "wit"],
 ]
 
