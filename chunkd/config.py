@@ -19,6 +19,9 @@ from chunkd.units import parse_duration, parse_size
 T = TypeVar("T")
 
 CONTAINER_KINDS = ("file", "s3", "http")
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (but the last)
+MAX_PART_SIZE = 5 * 1024 * 1024 * 1024  # and its largest
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -63,6 +66,9 @@ class ContainerConfig:
     kind: str
     root: Path | None = None  # file
     options: Mapping[str, Any] = field(default_factory=dict)  # s3 / http keys
+    writable: bool = False  # guests may write outputs here (file, s3; http is read-only)
+    overwrite: bool = True  # false: an output whose name exists fails (conditional create)
+    part_size: int = DEFAULT_PART_SIZE  # s3: multipart part size, >= MIN_PART_SIZE
 
 
 @dataclass(frozen=True)
@@ -316,9 +322,14 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
     for name in list(ct.data):
         t = ct.sub(name)
         kind = t.require("kind", _choice(CONTAINER_KINDS))
+        writable = t.get("writable", False, _bool)
+        if kind == "http" and writable:
+            raise ConfigError(file, t.key("writable"), "an http container is read-only: outputs go to "
+                                                       "a file or s3 container")
         if kind == "file":
             root = t.require("root", _path(base))
-            containers[name] = ContainerConfig(name=name, kind=kind, root=root)
+            containers[name] = ContainerConfig(name=name, kind=kind, root=root, writable=writable,
+                                               overwrite=t.get("overwrite", True, _bool))
         elif kind == "s3":
             opts: dict[str, Any] = {
                 "bucket": t.get("bucket", None, _str),
@@ -329,7 +340,9 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
                 "timeout_s": t.get("timeout", 30.0, _duration(True)),
                 **_bounds(t),
             }
-            containers[name] = ContainerConfig(name=name, kind=kind, options=opts)
+            containers[name] = ContainerConfig(
+                name=name, kind=kind, options=opts, writable=writable, overwrite=t.get("overwrite", True, _bool),
+                part_size=t.get("part_size", DEFAULT_PART_SIZE, _size(MIN_PART_SIZE, MAX_PART_SIZE)))
         else:
             opts = {
                 "base_url": t.get("base_url", None, _url),

@@ -1,7 +1,8 @@
 """kind = "file": blobs under a root folder, read with aiofiles.
 
 Names are confined to the root: absolute names, `..` and symlinks that
-resolve outside the root are refused.
+resolve outside the root are refused, and so is a name whose last part starts
+with `.chunkd-out.` (an output's temp file, chunkd/sinks/file.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import aiofiles
 import aiofiles.threadpool.binary
 
 from chunkd.errors import BlobNotFound, NameRefused, SourceError
+from chunkd.sources.names import OUTPUT_TEMP_PREFIX
 
 
 class FileBlob:
@@ -82,6 +84,10 @@ class FileContainer:
         self._root_prefix = self._root_s.rstrip(os.sep) + os.sep
         self._executor = executor
 
+    @property
+    def executor(self) -> Executor | None:
+        return self._executor
+
     def resolve(self, name: str) -> Path:
         """The real path of `name`, or NameRefused if it would leave the root.
 
@@ -95,6 +101,8 @@ class FileContainer:
         parts = [p for p in name.split("/") if p and p != "."]
         if ".." in parts:
             raise NameRefused(f"'..' is not allowed in blob names: {name!r}")
+        if parts and parts[-1].startswith(OUTPUT_TEMP_PREFIX):
+            raise NameRefused(f"{name!r}: names starting with {OUTPUT_TEMP_PREFIX!r} are chunkd's temp files")
         cur = self._root_s
         for part in parts:
             cur = os.path.join(cur, part)

@@ -8,6 +8,11 @@ from chunkd.errors import NameRefused
 
 _BAD = re.compile(r"[\x00-\x1f\x7f\\?#]")
 
+# An output being written to a `file` container is a temp file named
+# `.chunkd-out.<job>.<attempt>.<random>.tmp` beside its target (chunkd/sinks/file.py):
+# no read or write may name a file whose last part starts with this.
+OUTPUT_TEMP_PREFIX = ".chunkd-out."
+
 
 def safe_key(name: str, container: str) -> str:
     """A relative key made of plain segments, or NameRefused."""

@@ -24,15 +24,20 @@ TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTime
                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "503", "500", "502", "504"}
 
 
-def _client_error(e: ClientError, what: str) -> SourceError:
+def error_code(e: ClientError) -> tuple[str, int, bool]:
+    """An S3 ClientError's (code, HTTP status, transient): shared by reads and sinks."""
     err = e.response.get("Error", {})
     code = str(err.get("Code", ""))
     status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status, code in TRANSIENT_CODES or status in (429, 500, 502, 503, 504)
+
+
+def _client_error(e: ClientError, what: str) -> SourceError:
+    code, status, transient = error_code(e)
     if code in ("NoSuchKey", "404", "NotFound") or status == 404:
         return BlobNotFound(f"{what}: not found")
     if code in ("PreconditionFailed", "412") or status == 412:
         return SourceError(f"{what}: the object changed since it was opened (412 PreconditionFailed)")
-    transient = code in TRANSIENT_CODES or status in (429, 500, 502, 503, 504)
     return SourceError(f"{what}: {code or status}{' (will retry)' if transient else ''}", transient=transient)
 
 

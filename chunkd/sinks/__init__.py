@@ -1,0 +1,31 @@
+"""Output sinks: one Protocol (base.py), one module per writable container kind.
+
+`sink_container` turns a writable container's config and its (read) source
+container into the WritableContainer outputs are created in; it shares the
+source's confinement rules, executor (file) and client (s3).
+"""
+from __future__ import annotations
+
+from chunkd.config import ContainerConfig
+from chunkd.sinks.base import ABORTED, COMMITTED, Sink, SinkConflict, SinkError, WritableContainer
+from chunkd.sources.base import Container
+
+__all__ = ["ABORTED", "COMMITTED", "Sink", "SinkConflict", "SinkError", "WritableContainer", "sink_container"]
+
+
+def sink_container(name: str, cfg: ContainerConfig, source: Container) -> WritableContainer:
+    """The WritableContainer of container `name`. Raises SinkError when it is not
+    writable (`containers.NAME.writable` is false, or its kind is read-only)."""
+    if not cfg.writable:
+        raise SinkError(f"container {name!r} is read-only (containers.{name}.writable is not true)")
+    if cfg.kind == "file":
+        from chunkd.sinks.file import FileSinkContainer
+        from chunkd.sources.file import FileContainer
+        if isinstance(source, FileContainer):
+            return FileSinkContainer(name, source)
+    elif cfg.kind == "s3":
+        from chunkd.sinks.s3 import S3SinkContainer
+        from chunkd.sources.s3 import S3Container
+        if isinstance(source, S3Container):
+            return S3SinkContainer(name, source, part_size=cfg.part_size)
+    raise SinkError(f"container {name!r} ({cfg.kind}) cannot be written to")
