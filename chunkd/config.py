@@ -58,6 +58,7 @@ class LimitsConfig:
     max_job_duration_s: float = 0.0  # a running job past this ends failed; 0 = no bound
     source_retries: int = 3
     source_retry_backoff_s: float = 0.1
+    max_output_bytes: int = 0  # bytes one job attempt may write to its outputs, all together; 0 = no bound
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ComponentConfig:
     instances: int = 1
     max_bytes_per_second: int = 0
     prefetch_chunks: int = 2
+    # the containers this component may open and create in; None (the key unset): every
+    # container for reads and every writable one for outputs
+    containers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,18 @@ def _string_map(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+def _grants(containers: Mapping[str, "ContainerConfig"]) -> Callable[[Any], frozenset[str]]:
+    """components.NAME.containers: a list of configured container names."""
+    def conv(v: Any) -> frozenset[str]:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise TypeError("expected a list of container names")
+        unknown = sorted(set(v) - set(containers))
+        if unknown:
+            raise ValueError(f"no container named {unknown[0]!r} (configured: {', '.join(sorted(containers)) or 'none'})")
+        return frozenset(v)
+    return conv
+
+
 def _bounds(t: "_Table") -> dict[str, Any]:
     """The bounds of every remote read (chunkd/sources/bounds.py)."""
     return {
@@ -311,6 +327,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         max_job_duration_s=lt.get("max_job_duration", 0.0, _duration(False)),
         source_retries=lt.get("source_retries", dl.source_retries, _int(0)),
         source_retry_backoff_s=lt.get("source_retry_backoff", dl.source_retry_backoff_s, _duration(False)),
+        max_output_bytes=lt.get("max_output_bytes", dl.max_output_bytes, _size(0)),
     )
     lt.finish()
     if limits.max_buffered_bytes < limits.max_chunk_size_bytes:
@@ -365,6 +382,7 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
             instances=t.get("instances", 1, _int(1, 1024)),  # a thread and a store each
             max_bytes_per_second=t.get("max_bytes_per_second", 0, _size(0)),
             prefetch_chunks=t.get("prefetch_chunks", 2, _int(1)),
+            containers=t.get("containers", None, _grants(containers)),
         )
         t.finish()
     cluster = _cluster(top, file, base, limits, components) if "cluster" in top.data else None

@@ -62,3 +62,15 @@ class NotAccepting(ChunkdError):
 class ClusterUnavailable(ChunkdError):
     """NATS cannot be reached: the job was not accepted."""
 
+
+
+class OutputRefused(ChunkdError):
+    """A guest's create, write or finish of an output was refused (chunkd/outputs.py).
+
+    `kind` is the WIT stream-error case it maps to: "closed" (no such output, or it is
+    finished or the job ended), "invalid" (a container that is not writable or not
+    granted, a name that escapes) or "failed" (the sink failed, a limit was passed)."""
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping
 
 import structlog
 
@@ -36,6 +36,21 @@ LOGGED_LINES_PER_JOB = 10_000  # guest output lines logged per job; the rest are
 OutputListener = Callable[["JobPort | None", str, str, str], None]  # job, component, fd, line
 
 
+class NotGranted(SourceError):
+    """A component opened a container it is not granted (components.NAME.containers)."""
+
+
+def calling_component() -> str | None:
+    """The component whose instance thread is calling, from the thread's name: an
+    instance's one worker thread is named `wasm-COMPONENT#INDEX_N` (host/instance.py)."""
+    name = threading.current_thread().name
+    if not name.startswith("wasm-"):
+        return None
+    label = name[len("wasm-"):].rsplit("_", 1)[0]
+    comp, sep, index = label.rpartition("#")
+    return comp if sep and index.isdigit() else None
+
+
 async def close_quietly(blob: "Blob") -> None:
     try:
         await blob.close()
@@ -49,6 +64,8 @@ class RuntimeServices:
         self.loop = loop
         self.limits = limits  # the runtime's live limits (a reload updates them in place): read per call
         self.containers: dict[str, "Container"] = {}  # replaced on reload
+        # component -> the containers it is granted (components.NAME.containers), None: all; replaced on reload
+        self.grants: Mapping[str, frozenset[str] | None] = {}
         self.metrics = metrics
         self.background = background  # owns blob closes handed over from instance threads
         self.output_listeners: list[OutputListener] = []
@@ -59,16 +76,30 @@ class RuntimeServices:
 
     # --- async, awaited by instance threads through the loop ------------------------
 
-    async def open_blob(self, container: str, name: str) -> "Blob":
+    def open_blob(self, container: str, name: str, *, component: str | None = None) -> Coroutine[Any, Any, "Blob"]:
+        """Called on an instance thread, which awaits the coroutine through the loop: the
+        grant (components.NAME.containers) is checked here, on the caller's thread."""
+        self.check_grant(component or calling_component(), container)
+        return self._open_blob(container, name)
+
+    async def _open_blob(self, container: str, name: str) -> "Blob":
         c = self.containers.get(container)
         if c is None:
             raise SourceError(f"no container named {container!r}")
         return await c.open(name)
 
-    def open_blob_now(self, container: str, name: str) -> "Blob | None":
+    def open_blob_now(self, container: str, name: str, *, component: str | None = None) -> "Blob | None":
+        self.check_grant(component or calling_component(), container)
         c = self.containers.get(container)
         open_now = getattr(c, "open_now", None)
         return None if open_now is None else open_now(name, pipes=False)
+
+    def check_grant(self, component: str | None, container: str) -> None:
+        """A component with `containers = [...]` reaches only those containers (reads too)."""
+        granted = self.grants.get(component) if component is not None else None
+        if granted is not None and container not in granted:
+            raise NotGranted(f"component {component} is not granted container {container} "
+                             f"(components.{component}.containers)")
 
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes:
         lim = self.limits.current

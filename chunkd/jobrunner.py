@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 import structlog
 
-from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
+from chunkd.errors import ChunkdError, NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
 from chunkd.streamset import Outcome, StreamSet, StreamSettings
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from chunkd.host.instance import InstanceBase
     from chunkd.hostservices import RuntimeServices
     from chunkd.metrics import Metrics
+    from chunkd.outputs import JobOutputs
     from chunkd.pool import InstancePool
     from chunkd.flowcontrol import BufferBudget
 
@@ -48,6 +49,8 @@ class RunnerHost(Protocol):
 
     @property
     def services(self) -> "RuntimeServices": ...
+
+    async def job_outputs(self, job_id: str, component: str, attempt: int) -> "JobOutputs": ...
 
 log = structlog.get_logger("chunkd.jobrunner")
 
@@ -227,6 +230,7 @@ class JobRunner:
             try:
                 await self._attempt(job, claimed)
             except asyncio.CancelledError:
+                await self._abort_outputs(job)
                 if job.cancel_requested:
                     before = " before it started" if job.state == JobState.QUEUED else ""
                     await self._finish(job, Outcome(JobState.CANCELLED, f"cancelled by operator{before}"))
@@ -235,6 +239,7 @@ class JobRunner:
                 raise
             except Exception as e:  # a bug outside the StreamSet: this job fails, the daemon goes on
                 log.exception("job_internal_error")
+                await self._abort_outputs(job)
                 await self._finish(job, Outcome(JobState.FAILED, f"internal error: {e!r}"))
             finally:
                 self._task_of.pop(job.id, None)
@@ -261,6 +266,8 @@ class JobRunner:
             job.started_at = time.time()
             job.instance = inst.label
             job.attempts += 1
+            # this attempt's outputs, reachable from the instance thread through the inbox
+            job.live_outputs = job.inbox.outputs = await self.rt.job_outputs(job.id, job.component, job.attempts)
             inst.job = job.inbox
             log.info("job_started", instance=inst.label, attempt=job.attempts)
             await self._persist(job)  # attempts counted before any guest code runs
@@ -278,7 +285,36 @@ class JobRunner:
             pool.give_back(inst)
         if outcome.trap is not None:
             self._count_trap(inst, outcome)
+        outcome = await self._end_outputs(job, outcome)
         await self._finish(job, outcome)
+
+    async def _end_outputs(self, job: Job, outcome: Outcome) -> Outcome:
+        """Outputs end with the attempt: committed (before the job is persisted completed)
+        when it completed, else aborted. A failure of the outputs fails the job."""
+        outputs = job.live_outputs
+        job.inbox.outputs = None
+        if outputs is None:
+            return outcome
+        if outcome.state != JobState.COMPLETED or job.fenced:
+            await outputs.abort()
+            return outcome
+        if outputs.failure is not None:  # the guest may have gone on after the error it was given
+            await outputs.abort()
+            return Outcome(JobState.FAILED, outputs.failure, outcome.trap)
+        try:
+            await outputs.commit()
+        except ChunkdError as e:
+            return Outcome(JobState.FAILED, f"outputs not committed: {e}", outcome.trap)
+        return outcome
+
+    async def _abort_outputs(self, job: Job) -> None:
+        """Any end but a completion (cancelled, interrupted, an internal error)."""
+        job.inbox.outputs = None
+        if job.live_outputs is not None:
+            try:
+                await job.live_outputs.abort()
+            except Exception:  # the rows stay open: the next start settles them
+                log.exception("outputs_abort_failed")
 
     def _settings(self, pool: "InstancePool") -> StreamSettings:
         lim = self.rt.config.limits

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from chunkd.delivery import Delivery
     from chunkd.host.instance import InstanceBase, OutputPort
     from chunkd.host.streamtable import HostStream
+    from chunkd.outputs import JobOutputs
 
 
 class JobState(StrEnum):
@@ -136,6 +137,8 @@ class Job:
     stopped: str | None = None  # why chunkd stopped the job (limits.max_job_duration): it fails
     node: str | None = None  # cluster mode: the node that runs or ran it
     output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
+    past_outputs: list[dict[str, Any]] = field(default_factory=list)  # from the store (or the cluster's record)
+    live_outputs: "JobOutputs | None" = None  # this node's last attempt's outputs (chunkd/outputs.py)
     inbox: "RunInbox" = field(init=False, repr=False)  # what the instance thread and the delivery loop share
 
     def __post_init__(self) -> None:
@@ -146,13 +149,14 @@ class Job:
         return self.state.final
 
     def record(self) -> dict[str, Any]:
-        """The durable form: its keys are the columns of jobstore.py (_COLUMNS)."""
+        """The durable form: its keys are the columns of jobstore.py (_COLUMNS), and "outputs"
+        (their view: the job store keeps its own rows of them; cluster mode's record carries it)."""
         return {
             "id": self.id, "component": self.component, "args": self.args, "state": self.state,
             "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
             "ended_at": self.ended_at, "invoke_ok": self.invoke_ok, "invoke_result": self.invoke_result,
             "error": self.error, "streams": self.stream_summaries(), "output": list(self.output),
-            "node": self.node,
+            "node": self.node, "outputs": self.output_summaries(),
         }
 
     @classmethod
@@ -164,7 +168,14 @@ class Job:
         job.output.extend(r["output"])
         job.node = r.get("node")
         job.past_streams = list(r["streams"])
+        job.past_outputs = list(r.get("outputs") or [])
         return job
+
+    def output_summaries(self) -> list[dict[str, Any]]:
+        """Container, name, bytes, state and version of each output (GET /v1/jobs/{id})."""
+        if self.live_outputs is None:
+            return list(self.past_outputs)
+        return self.live_outputs.view()
 
     def stream_summaries(self) -> list[StreamSummary]:
         if not self.deliveries:

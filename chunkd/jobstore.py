@@ -18,6 +18,11 @@ T = TypeVar("T")
 _COLUMNS = ("id", "component", "args", "state", "attempts", "created_at", "started_at", "ended_at",
             "invoke_ok", "invoke_result", "error", "streams", "output")
 _JSON = ("args", "streams", "output")
+# one row per output of a job attempt (chunkd/outputs.py): written when it is created and at
+# each change of state; `token` is the sink's, for recovery after a crash
+_OUTPUT_COLUMNS = ("job_id", "attempt", "seq", "container", "name", "state", "token", "bytes", "version",
+                   "updated_at")
+_OPEN_OUTPUT_STATES = ("writing", "sealed", "committing")
 
 
 class JobStore(Protocol):
@@ -35,7 +40,39 @@ class JobStore(Protocol):
 
     async def prune(self, ended_before: float) -> int: ...
 
+    async def save_outputs(self, rows: list[dict[str, Any]]) -> None:
+        """Insert or replace output rows (keyed by job_id, attempt, seq) in one transaction."""
+        ...
+
+    async def outputs(self, job_id: str) -> list[dict[str, Any]]:
+        """Every output row of a job, every attempt, in order."""
+        ...
+
+    async def open_outputs(self) -> list[dict[str, Any]]:
+        """Output rows a crash left open (writing, sealed, committing)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+def committed_outputs(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str | None, int]]:
+    """(container, name) -> (version, bytes) of the outputs committed by a job's attempts."""
+    return {(r["container"], r["name"]): (r["version"], r["bytes"]) for r in rows if r["state"] == "committed"}
+
+
+def outputs_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What GET /v1/jobs/{id} shows of a job's stored outputs: its last attempt's, and the
+    outputs earlier attempts committed that the last one did not make again."""
+    if not rows:
+        return []
+    last = max(r["attempt"] for r in rows)
+    mine = [r for r in rows if r["attempt"] == last]
+    names = {(r["container"], r["name"]) for r in mine}
+    older = [r for r in rows if r["attempt"] != last and r["state"] == "committed"
+             and (r["container"], r["name"]) not in names]
+    return [{"container": r["container"], "name": r["name"], "bytes": r["bytes"],
+             "state": "sealed" if r["state"] == "committing" else r["state"], "version": r["version"]}
+            for r in [*older, *mine]]
 
 
 class SqliteJobStore:
@@ -64,6 +101,12 @@ class SqliteJobStore:
                 invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
                 output TEXT NOT NULL DEFAULT '[]')""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+            db.execute("""CREATE TABLE IF NOT EXISTS outputs (
+                job_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, container TEXT NOT NULL,
+                name TEXT NOT NULL, state TEXT NOT NULL, token TEXT NOT NULL DEFAULT '{}',
+                bytes INTEGER NOT NULL DEFAULT 0, version TEXT, updated_at REAL,
+                PRIMARY KEY (job_id, attempt, seq))""")
+            db.execute("CREATE INDEX IF NOT EXISTS outputs_state ON outputs(state)")
             self._db = db
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
@@ -84,18 +127,32 @@ class SqliteJobStore:
             out.append(d)
         return out
 
+    def _with_outputs(self, db: sqlite3.Connection, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each record gains "outputs": its stored outputs as GET /v1/jobs/{id} shows them."""
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        ids = [r["id"] for r in recs]
+        for at in range(0, len(ids), 500):  # SQLite's bound on host parameters
+            part = ids[at:at + 500]
+            for row in self._output_rows(db.execute(
+                    f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE job_id IN ({', '.join('?' * len(part))}) "
+                    "ORDER BY attempt, seq", part)):
+                by_job.setdefault(row["job_id"], []).append(row)
+        for r in recs:
+            r["outputs"] = outputs_view(by_job.get(r["id"], []))
+        return recs
+
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        rows = await self._do(lambda db: self._rows(
-            db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,))))
+        rows = await self._do(lambda db: self._with_outputs(db, self._rows(
+            db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)))))
         return rows[0] if rows else None
 
     async def recent(self, limit: int = 100, state: str | None = None) -> List[dict[str, Any]]:
         cols = ", ".join(_COLUMNS)
         if state is None:
-            return await self._do(lambda db: self._rows(
-                db.execute(f"SELECT {cols} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))))
-        return await self._do(lambda db: self._rows(
-            db.execute(f"SELECT {cols} FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, limit))))
+            return await self._do(lambda db: self._with_outputs(db, self._rows(
+                db.execute(f"SELECT {cols} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)))))
+        return await self._do(lambda db: self._with_outputs(db, self._rows(
+            db.execute(f"SELECT {cols} FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, limit)))))
 
     async def unfinished(self) -> list[dict[str, Any]]:
         return await self._do(lambda db: self._rows(db.execute(
@@ -105,8 +162,45 @@ class SqliteJobStore:
         def run(db: sqlite3.Connection) -> int:
             cur = db.execute("DELETE FROM jobs WHERE state IN ('completed', 'failed', 'cancelled') AND ended_at < ?",
                              (ended_before,))
+            # the rows of pruned jobs, unless one is still open (its job may be gone, its sink is not)
+            db.execute("DELETE FROM outputs WHERE job_id NOT IN (SELECT id FROM jobs) "
+                       "AND state IN ('committed', 'aborted')")
             return cur.rowcount
         return await self._do(run)
+
+    async def save_outputs(self, rows: list[dict[str, Any]]) -> None:
+        data = [tuple(json.dumps(r["token"]) if c == "token" else r.get(c) for c in _OUTPUT_COLUMNS) for r in rows]
+        sql = (f"INSERT OR REPLACE INTO outputs ({', '.join(_OUTPUT_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_OUTPUT_COLUMNS))})")
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, data)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        await self._do(run)
+
+    @staticmethod
+    def _output_rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(_OUTPUT_COLUMNS, r, strict=True))
+            d["token"] = json.loads(d["token"])
+            out.append(d)
+        return out
+
+    async def outputs(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._do(lambda db: self._output_rows(db.execute(
+            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE job_id = ? ORDER BY attempt, seq", (job_id,))))
+
+    async def open_outputs(self) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(_OPEN_OUTPUT_STATES))
+        return await self._do(lambda db: self._output_rows(db.execute(
+            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE state IN ({marks}) ORDER BY job_id, attempt, seq",
+            _OPEN_OUTPUT_STATES)))
 
     async def close(self) -> None:
         def shut() -> None:

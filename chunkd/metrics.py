@@ -79,6 +79,12 @@ class Metrics:
         self.jobs = Counter("chunkd_jobs", "Jobs ended, by outcome", ["outcome"], registry=r)
         self.streams_ended = Counter("chunkd_streams_ended", "Chunked reads ended, by how", ["end"], registry=r)
         self.source_retries = Counter("chunkd_source_retries", "Source reads retried", registry=r)
+        self.output_bytes = Counter("chunkd_output_bytes_written", "Bytes guests wrote to outputs (handed to a sink)",
+                                    ["component"], registry=r)
+        self.outputs_committed = Counter("chunkd_outputs_committed", "Outputs committed with their job",
+                                         ["component"], registry=r)
+        self.outputs_aborted = Counter("chunkd_outputs_aborted", "Outputs aborted (dropped, failed, or their job did "
+                                       "not complete)", ["component"], registry=r)
         self._gauges: list[Gauge] = []
         self.node: str | None = None  # cluster mode: added as a label to every sample
 
@@ -92,7 +98,8 @@ class Metrics:
         gauge("chunkd_streams_pending", "Chunked reads not yet given their first chunk", runtime.pending_streams)
         gauge("chunkd_streams_stalled", "Open chunked reads with no chunk delivered for 30 s",
               runtime.stalled_streams)
-        gauge("chunkd_buffered_bytes", "Read-ahead bytes held now (all streams)", lambda: runtime.budget.in_use)
+        gauge("chunkd_buffered_bytes", "Bytes held now in the buffer budget (read-ahead of all streams, and "
+              "what output sinks hold)", lambda: runtime.budget.in_use)
         gauge("chunkd_buffered_bytes_limit", "max_buffered_bytes", lambda: runtime.budget.limit)
         gauge("chunkd_jobs_queued", "Jobs waiting for an instance", lambda: runtime.queued_jobs)
         gauge("chunkd_jobs_running", "Jobs on an instance now", lambda: runtime.running_jobs)

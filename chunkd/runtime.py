@@ -31,11 +31,13 @@ from chunkd.backend import ClusterJobs, JobBackend, LocalJobs
 from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobrunner import JobRunner
 from chunkd.jobs import Job, JobState
-from chunkd.jobstore import JobStore
+from chunkd.jobstore import JobStore, committed_outputs
 from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.flowcontrol import BufferBudget
+from chunkd.outputs import JobOutputs, recover_outputs
+from chunkd.sinks import SinkError, WritableContainer, sink_container
 from chunkd.sources import Container, build_container
 from chunkd.streamview import stream_summary
 from chunkd.summary import JobSummary, job_summary, summary_from_record
@@ -58,6 +60,7 @@ class Runtime:
         self.engine: _native.Engine | None = None
         self.clock: EpochClock | None = None
         self.containers: dict[str, Container] = {}
+        self.sinks: dict[str, WritableContainer] = {}  # the writable containers (outputs), by name
         self._retired_containers: list[Container] = []
         self.pools: dict[str, InstancePool] = {}
         self._retired_pools: list[InstancePool] = []
@@ -95,7 +98,38 @@ class Runtime:
         for name, ccfg in self.config.containers.items():
             self.containers[name] = build_container(ccfg, self.io_executor, file=self.config.file)
         self._services.containers = self.containers
+        self.sinks = self._build_sinks(self.config, self.containers)
+        self._services.grants = self._grants(self.config)
+        if self.store is not None:  # before any job runs again: settle what dead attempts left
+            counts = await recover_outputs(self.store, self.sinks)
+            if any(counts.values()):
+                log.info("outputs_recovered", **counts)
         self.pools = await self._build_pools(self.config, {})
+
+    @staticmethod
+    def _build_sinks(config: Config, containers: dict[str, Container]) -> dict[str, WritableContainer]:
+        sinks = {}
+        for name, ccfg in config.containers.items():
+            if ccfg.writable and name in containers:
+                try:
+                    sinks[name] = sink_container(name, ccfg, containers[name])
+                except SinkError as e:  # e.g. an s3 container with no bucket: every create is refused
+                    log.warning("container_not_writable", container=name, error=str(e))
+        return sinks
+
+    @staticmethod
+    def _grants(config: Config) -> dict[str, frozenset[str] | None]:
+        return {name: c.containers for name, c in config.components.items()}
+
+    async def job_outputs(self, job_id: str, component: str, attempt: int) -> JobOutputs:
+        """The outputs of one attempt (the job runner's): the writable containers, the grants
+        and limits.max_output_bytes as they are now, and what earlier attempts committed."""
+        before = committed_outputs(await self.store.outputs(job_id)) if self.store is not None else {}
+        comp = self.config.components.get(component)
+        return JobOutputs(job_id, attempt, component, sinks=self.sinks, containers=self.config.containers,
+                          grants=comp.containers if comp is not None else frozenset(), budget=self.budget,
+                          max_output_bytes=self.limits.current.max_output_bytes, ledger=self.store,
+                          metrics=self.metrics, committed_before=before)
 
     async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
         """Pools for `config`, reusing those in `keep` whose config, file and instance_memory
@@ -147,6 +181,8 @@ class Runtime:
         self.config = config
         self.containers = containers
         self.services.containers = containers
+        self.sinks = self._build_sinks(config, containers)
+        self.services.grants = self._grants(config)
         self.limits.update(config.limits)  # kept instances, new ones and the host services alike
         self.budget.set_limit(config.limits.max_buffered_bytes)
         self.pools = pools
