@@ -40,17 +40,6 @@ class NotGranted(SourceError):
     """A component opened a container it is not granted (components.NAME.containers)."""
 
 
-def calling_component() -> str | None:
-    """The component whose instance thread is calling, from the thread's name: an
-    instance's one worker thread is named `wasm-COMPONENT#INDEX_N` (host/instance.py)."""
-    name = threading.current_thread().name
-    if not name.startswith("wasm-"):
-        return None
-    label = name[len("wasm-"):].rsplit("_", 1)[0]
-    comp, sep, index = label.rpartition("#")
-    return comp if sep and index.isdigit() else None
-
-
 async def close_quietly(blob: "Blob") -> None:
     try:
         await blob.close()
@@ -76,10 +65,10 @@ class RuntimeServices:
 
     # --- async, awaited by instance threads through the loop ------------------------
 
-    def open_blob(self, container: str, name: str, *, component: str | None = None) -> Coroutine[Any, Any, "Blob"]:
+    def open_blob(self, container: str, name: str, *, component: str) -> Coroutine[Any, Any, "Blob"]:
         """Called on an instance thread, which awaits the coroutine through the loop: the
         grant (components.NAME.containers) is checked here, on the caller's thread."""
-        self.check_grant(component or calling_component(), container)
+        self.check_grant(component, container)
         return self._open_blob(container, name)
 
     async def _open_blob(self, container: str, name: str) -> "Blob":
@@ -88,8 +77,8 @@ class RuntimeServices:
             raise SourceError(f"no container named {container!r}")
         return await c.open(name)
 
-    def open_blob_now(self, container: str, name: str, *, component: str | None = None) -> "Blob | None":
-        self.check_grant(component or calling_component(), container)
+    def open_blob_now(self, container: str, name: str, *, component: str) -> "Blob | None":
+        self.check_grant(component, container)
         c = self.containers.get(container)
         open_now = getattr(c, "open_now", None)
         return None if open_now is None else open_now(name, pipes=False)

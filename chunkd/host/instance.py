@@ -161,11 +161,14 @@ class HostServices(Protocol):
 
     loop: asyncio.AbstractEventLoop
 
-    async def open_blob(self, container: str, name: str) -> "Blob": ...
+    def open_blob(self, container: str, name: str, *, component: str) -> Coroutine[Any, Any, "Blob"]:
+        """Called on the instance thread (the grant of `component` is checked there); the
+        coroutine runs on the loop."""
+        ...
 
     async def read_blob(self, blob: "Blob", offset: int, length: int) -> bytes: ...
 
-    def open_blob_now(self, container: str, name: str) -> "Blob | None":
+    def open_blob_now(self, container: str, name: str, *, component: str) -> "Blob | None":
         """Called on the instance thread: open at once when the source can without the
         loop (a regular file), else None (then open_blob runs on the loop)."""
         ...
@@ -417,8 +420,10 @@ class InstanceBase:
 
     def host_open(self, container: str, name: str) -> int | values.StreamErr:
         try:
-            now = self.services.open_blob_now(container, name)  # a local file: no loop hop
-            blob = now if now is not None else self._wait_on_loop(self.services.open_blob(container, name))
+            comp = self.comp.name
+            now = self.services.open_blob_now(container, name, component=comp)  # a local file: no loop hop
+            blob = now if now is not None else self._wait_on_loop(
+                self.services.open_blob(container, name, component=comp))
         except ChunkdError as e:
             return values.err_failed(str(e))
         except TimeoutError:
