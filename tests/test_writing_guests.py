@@ -29,16 +29,7 @@ ROT13 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
                         b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm")
 
 
-# The native host links write-blob with func_wrap_concurrent, which makes an instance of a
-# component importing it async in wasmtime (InstancePre::asyncness): native/src/kinds/streams.rs
-# instantiates with the sync `instantiate`, which refuses it ("store configuration requires that
-# `*_async` functions are used instead"), so transform_rs cannot start yet. Strict: once the
-# native host instantiates (and calls) such a guest the async way, these pass and the mark must go.
-NATIVE_WRITE_BLOB = pytest.mark.xfail(
-    strict=True, raises=GuestTrap,
-    reason="native host: a component importing blob-writer.write-blob (a concurrent host function) "
-           "needs instantiate_async; kinds/streams.rs uses instantiate")
-GUESTS_ = [pytest.param(g, marks=NATIVE_WRITE_BLOB) if g == "transform_rs" else g for g in MINE]
+GUESTS_ = list(MINE)
 
 
 @pytest.fixture(scope="module")

@@ -232,6 +232,13 @@ pub fn check_and_link(engine: &Engine, label: &str, comp: Component) -> Result<G
     let ty = comp.component_type();
     let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     imports.sort();
+    if !streams && imports.iter().any(|i| i == wit::BLOB_WRITER_IFACE) {
+        return Err(format!(
+            "{label}: imports {} (write-blob), which is the streams world's way to write; a handle-chunk \
+             consumer writes with blobs.create and output-stream",
+            wit::BLOB_WRITER_IFACE
+        ));
+    }
     for imp in &imports {
         if imp == wit::TYPES_IFACE
             || imp == wit::BLOBS_IFACE

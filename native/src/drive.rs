@@ -90,7 +90,7 @@ const CLOCK_STOPPED: Duration = Duration::from_secs(2);
 
 /// Polls `fut` on this thread until it is ready, or None once the budget is spent (or
 /// the epoch clock stopped advancing, so the budget never could be).
-fn block_on<F: Future>(fut: F, clock: &CallClock) -> Option<F::Output> {
+pub fn block_on<F: Future>(fut: F, clock: &CallClock) -> Option<F::Output> {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);

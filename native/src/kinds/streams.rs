@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
-use super::component::{call_invoke, typed_invoke, InvokeFunc};
+use super::component::{typed_invoke, InvokeFunc};
 use super::{fault, find_export, Answer, At, Gate, GuestKind, Source};
 use crate::component_link::StreamEnd;
-use crate::drive::{drive, Progress, Stop};
+use crate::drive::{block_on, drive, Progress, Stop};
 use crate::errors::Fault;
 use crate::feed::{self, lock, ConsumeFunc, Shared};
 use crate::state::{begin, State};
@@ -26,8 +26,15 @@ pub struct StreamsKind {
 }
 
 impl StreamsKind {
+    /// A streams component is instantiated and invoked the async way: one that imports
+    /// `write-blob` (a concurrent host function) requires it, and the rest run alike.
     pub fn new(mut store: Store<State>, pre: &InstancePre<State>) -> Result<StreamsKind, Fault> {
-        let inst = pre.instantiate(&mut store).map_err(|e| fault(e, &mut store))?;
+        let clock = store.data().clock.clone();
+        let inst = match block_on(pre.instantiate_async(&mut store), &clock) {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => return Err(fault(e, &mut store)),
+            None => return Err(Fault::Timeout),
+        };
         let invoke = find_export(&mut store, &inst, wit::TRIGGER_IFACE, "invoke");
         let invoke = typed_invoke(&mut store, invoke)?;
         let consume = find_export(&mut store, &inst, wit::CONSUMER_IFACE, "consume")
@@ -102,7 +109,16 @@ impl GuestKind for StreamsKind {
         for cid in stale {
             self.end(timeout, cid, StreamEnd::Cancelled)?;
         }
-        call_invoke(&mut self.store, &self.invoke, timeout, args)
+        begin(&mut self.store, timeout);
+        let invoke = self.invoke;
+        let clock = self.store.data().clock.clone();
+        let fut = self.store.run_concurrent(async move |acc| invoke.call_concurrent(acc, (args,)).await);
+        match block_on(fut, &clock) {
+            Some(Ok(Ok((Ok(s),)))) => Ok((true, s)),
+            Some(Ok(Ok((Err(s),)))) => Ok((false, s)),
+            Some(Ok(Err(e)) | Err(e)) => Err(fault(e, &mut self.store)),
+            None => Err(Fault::Timeout),
+        }
     }
 
     /// Writes `src`'s chunks into the stream: a chunk counts as delivered only when the
