@@ -14,6 +14,11 @@ Commands (one per arg, words split by spaces):
   restart CID N                 call start-chunking-read again on it at chunk N
   nested CID N CONTAINER NAME CHUNK NEWCID   start another stream at chunk N
   trapend CID                   raise (trap) in stream-ended for CID
+  create OSLOT CONTAINER NAME   create an output into a slot (issue 25)
+  tee CID OSLOT                 write every chunk of CID to output OSLOT
+  finishon CID OSLOT            finish OSLOT when CID ends completed (drop it otherwise)
+  write OSLOT TEXT              write TEXT to OSLOT now
+  finish OSLOT                  finish OSLOT now
   fail                          invoke returns an error (after earlier commands)
   loop-invoke                   loop forever inside invoke
 Every observation is printed to stdout, one line each.
@@ -29,6 +34,9 @@ slots: dict = {}
 actions: dict = {}  # (cid, chunk) -> list of commands
 trap_on_end: set = set()
 digests: dict = {}
+outputs: dict = {}  # output slot -> output-stream
+tees: dict = {}  # cid -> output slot
+finish_on: dict = {}  # cid -> output slot
 
 
 def err_text(e) -> str:
@@ -44,6 +52,21 @@ def do_start(stream, chunk, cid):
         print(f"start {cid} ok", flush=True)
     except Err as e:
         print(f"start {cid} err {err_text(e)}", flush=True)
+
+
+def out_write(slot, data):
+    try:
+        outputs[slot].write(data)
+    except Err as e:
+        print(f"write {slot} err {err_text(e)}", flush=True)
+
+
+def out_finish(slot):
+    try:
+        outputs[slot].finish()
+        print(f"finish {slot} ok", flush=True)
+    except Err as e:
+        print(f"finish {slot} err {err_text(e)}", flush=True)
 
 
 class Trigger(exports.Trigger):
@@ -74,6 +97,20 @@ class Trigger(exports.Trigger):
                 actions.setdefault((int(w[1]), int(w[2])), []).append([op])
             elif op == "nested":
                 actions.setdefault((int(w[1]), int(w[2])), []).append(["nested"] + w[3:])
+            elif op == "create":
+                try:
+                    outputs[w[1]] = blobs.create(w[2], w[3])
+                    print(f"create {w[1]} ok", flush=True)
+                except Err as e:
+                    print(f"create {w[1]} err {err_text(e)}", flush=True)
+            elif op == "tee":
+                tees[int(w[1])] = w[2]
+            elif op == "finishon":
+                finish_on[int(w[1])] = w[2]
+            elif op == "write":
+                out_write(w[1], " ".join(w[2:]).encode())
+            elif op == "finish":
+                out_finish(w[1])
             elif op == "trapend":
                 trap_on_end.add(int(w[1]))
             elif op == "fail":
@@ -90,6 +127,8 @@ class ChunkedStreamHandler(exports.ChunkedStreamHandler):
     def handle_chunk(self, stream, correlation_id, current_chunk, total_chunks, data):
         digests.setdefault(correlation_id, hashlib.sha256()).update(data)
         print(f"chunk {correlation_id} {current_chunk} {total_chunks} {len(data)}", flush=True)
+        if correlation_id in tees:
+            out_write(tees[correlation_id], data)
         more = True
         for act in actions.get((correlation_id, current_chunk), []):
             op = act[0]
@@ -123,6 +162,13 @@ class ChunkedStreamEvents(exports.ChunkedStreamEvents):
     def stream_ended(self, correlation_id, end):
         if correlation_id in trap_on_end:
             raise RuntimeError("probe trap in stream-ended")
+        slot = finish_on.pop(correlation_id, None)
+        if slot is not None:
+            if isinstance(end, chunked_stream_events.StreamEnd_Completed):
+                out_finish(slot)
+            else:
+                outputs.pop(slot).__exit__(None, None, None)  # dropped unfinished: aborted
+                print(f"dropped {slot}", flush=True)
         h = digests.pop(correlation_id, hashlib.sha256()).hexdigest()
         if isinstance(end, chunked_stream_events.StreamEnd_Failed):
             print(f"ended {correlation_id} failed {end.value}", flush=True)
