@@ -31,6 +31,10 @@ def _stream_view(job: JobSummary, s: dict[str, Any]) -> dict[str, Any]:
             "end": s["end"], "stalled": bool(s.get("stalled", False))}
 
 
+def _output_view(o: dict[str, Any]) -> dict[str, Any]:
+    return {"container": o["container"], "name": o["name"], "bytes": o.get("bytes") or 0, "state": o["state"]}
+
+
 async def snapshot(rt: "Runtime") -> dict[str, Any]:
     """Running jobs with their streams, queued jobs, the buffer budget, per-component
     totals and the most recent ended jobs: counts only, JSON-ready."""
@@ -57,13 +61,15 @@ async def snapshot(rt: "Runtime") -> dict[str, Any]:
             "job_id": j["job_id"], "component": j["component"], "args": j["args"], "instance": j["instance"],
             "node": j["node"], "attempts": j["attempts"], "started_at": j["started_at"],
             "streams": [_stream_view(j, dict(s)) for s in j["streams"]],
+            "outputs": [_output_view(dict(o)) for o in j.get("outputs") or []],
         } for j in running],
         "queued": [{"job_id": j["job_id"], "component": j["component"], "args": j["args"],
                     "created_at": j["created_at"]} for j in queued],
         "components": components,
         "recent": [{"job_id": j["job_id"], "component": j["component"], "state": j["state"], "error": j["error"],
                     "attempts": j["attempts"], "started_at": j["started_at"], "ended_at": j["ended_at"],
-                    "bytes": sum(s["bytes"] for s in j["streams"]), "streams": len(j["streams"])}
+                    "bytes": sum(s["bytes"] for s in j["streams"]), "streams": len(j["streams"]),
+                    "outputs": [_output_view(dict(o)) for o in j.get("outputs") or []]}
                    for j in recent[:RECENT_SHOWN]],
     }
 

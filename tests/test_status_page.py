@@ -27,6 +27,8 @@ def daemon(tmp_path: Path, state_dir: Path, guests: dict[str, Path]) -> Iterator
     made: list[Server] = []
     blobs = tmp_path / "blobs"
     blobs.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
 
     def make(rate: int = RATE) -> Server:
         port = free_port()
@@ -49,6 +51,12 @@ path = "{guests['sha256']}"
 max_bytes_per_second = {rate}
 [components.sha256]
 path = "{guests['sha256']}"
+[containers.out]
+kind = "file"
+root = "{out}"
+writable = true
+[components.gzip]
+path = "{guests['gzip']}"
 """)
         s = Server(cfg, port, tmp_path / "daemon.log")
         made.append(s)
@@ -132,6 +140,19 @@ def test_status_snapshot_events_and_auth(daemon: Callable[..., Server], tmp_path
     assert any(r["job_id"] == done_id["job_id"] and r["state"] == "completed" for r in e["recent"])
     code, _ = s.request("DELETE", f"/v1/jobs/{job_id}", headers=AUTH)
     assert code == 202
+    # a job that writes a blob back: its output in the job, and in the snapshot's recent jobs
+    make_blob(tmp_path / "blobs", "small.bin", 300_000)
+    code, gz = s.request("POST", "/v1/jobs", {"component": "gzip", "args": ["local", "small.bin", "out", "small.gz"]},
+                         headers=AUTH)
+    assert code == 202
+    done = wait_job(s, gz["job_id"], 60)
+    assert done["state"] == "completed", done
+    (o,) = done["outputs"]
+    assert (o["container"], o["name"], o["state"]) == ("out", "small.gz", "committed")
+    assert o["bytes"] == (tmp_path / "out" / "small.gz").stat().st_size
+    recent = wait_for(lambda: next((r for r in s.request("GET", "/v1/status", headers=AUTH)[1]["recent"]
+                                    if r["job_id"] == gz["job_id"]), None), 10, what="the gzip job in recent")
+    assert [(x["name"], x["state"]) for x in recent["outputs"]] == [("small.gz", "committed")]
 
 
 def test_the_page_in_chromium_shows_progress_and_cancels(daemon: Callable[..., Server], tmp_path: Path) -> None:
@@ -189,6 +210,14 @@ def test_the_page_in_chromium_shows_progress_and_cancels(daemon: Callable[..., S
         assert not browser.find_elements(By.CSS_SELECTOR, f'.job[data-job="{job_id}"]')
         timings["cancel_to_cancelled_on_page_s"] = time.monotonic() - t2
         browser.save_screenshot(str(tmp_path / "status-page-after-cancel.png"))
+        # a job's output blob is listed with its state
+        make_blob(tmp_path / "blobs", "small.bin", 200_000)
+        code, gz = s.request("POST", "/v1/jobs", {"component": "gzip", "args": ["local", "small.bin", "out", "s.gz"]},
+                             headers=AUTH)
+        assert code == 202 and wait_job(s, gz["job_id"], 60)["state"] == "completed"
+        out = f'#recent tr[data-job="{gz["job_id"]}"] [data-output="out/s.gz"]'
+        shown = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, out), 10, 0.1, "the output on the page")
+        assert "committed" in shown[0].text
     finally:
         browser.quit()
     timings["total_s"] = time.monotonic() - t0

@@ -86,7 +86,7 @@ function renderRunning(snap) {
           <code>${esc(j.job_id)}</code> <strong>${esc(j.component)}</strong>
           <span class="muted mono">${esc(j.args.join(' '))}</span>
           <span class="muted info"></span><span class="spacer"></span>${cancelButton(j.job_id)}</div>
-        <div class="streams"></div>`;
+        <div class="streams"></div><div class="outputs muted"></div>`;
       jobEls.set(j.job_id, el);
     }
     const where = [j.instance, j.node].filter(Boolean).join(' on ');
@@ -94,6 +94,7 @@ function renderRunning(snap) {
       `${where} · attempt ${j.attempts} · running ${duration(snap.time - (j.started_at || snap.time))}`;
     el.querySelector('.streams').innerHTML = j.streams.length
       ? j.streams.map(streamRow).join('') : '<p class="muted">no stream started yet</p>';
+    el.querySelector('.outputs').innerHTML = outputList(j.outputs || []);
     box.appendChild(el); // keeps the server's order; a no-op move for elements in place
   }
   for (const [id, el] of jobEls) {
@@ -118,13 +119,20 @@ function renderComponents(snap) {
       <td class="num">${rate(c.rate)}</td><td class="num">${bytes(c.bytes)}</td></tr>`).join('');
 }
 
+// the blobs a job writes back: container/name, bytes, state (writing, sealed, committed, aborted)
+function outputList(outs) {
+  return outs.map((o) => `<span class="output state-${esc(o.state)}" data-output="${esc(o.container)}/${esc(o.name)}">`
+    + `→ ${esc(o.container)}/${esc(o.name)} ${bytes(o.bytes)} ${esc(o.state)}</span>`).join(' ');
+}
+
 function renderRecent(snap) {
   $('recent').innerHTML = snap.recent.length ? snap.recent.map((j) => `<tr data-job="${esc(j.job_id)}">
       <td><code>${esc(j.job_id)}</code></td><td>${esc(j.component)}</td>
       <td class="state-${esc(j.state)}" data-state="${esc(j.state)}">${esc(j.state)}</td>
       <td>${j.started_at && j.ended_at ? duration(j.ended_at - j.started_at) : '–'}</td>
-      <td class="num">${bytes(j.bytes)}</td><td>${esc(j.error || '')}</td></tr>`).join('')
-    : '<tr><td colspan="6" class="muted">none yet</td></tr>';
+      <td class="num">${bytes(j.bytes)}</td><td>${outputList(j.outputs || [])}</td>
+      <td>${esc(j.error || '')}</td></tr>`).join('')
+    : '<tr><td colspan="7" class="muted">none yet</td></tr>';
 }
 
 function render(snap) {
