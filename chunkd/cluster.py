@@ -25,7 +25,7 @@ import asyncio
 import json
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -64,6 +64,10 @@ class ClusterHost(Protocol):
 
     @property
     def runner(self) -> "JobRunner": ...
+
+    async def settle_outputs(self, roll_forward: Callable[[dict[str, Any]], Awaitable[bool]] | None = None) -> None:
+        """Recover this node's dead attempts' outputs from its ledger, then sweep its temps."""
+        ...
 
 log = structlog.get_logger("chunkd.cluster")
 
@@ -154,6 +158,9 @@ class Cluster:
             await self.nc.close()
             raise ClusterUnavailable(f"JetStream at {', '.join(u.split('@')[-1] for u in c.nats_urls)} "
                                      f"is not usable (started with -js?): {e}") from None
+        # before this node takes a job: settle what its own dead attempts left (its ledger),
+        # rolling a commit forward only while the job's record still has that attempt as latest
+        await self.rt.settle_outputs(self._may_roll_forward)
         for name in self.rt.pools:
             self._scope.spawn(self._pull(name), name=f"pull-{name}")
         self._scope.spawn(self._reaper(), name="reaper")
@@ -183,6 +190,22 @@ class Cluster:
                 await asyncio.wait_for(self.nc.close(), 5)
             except Exception as e:
                 log.warning("nats_close_failed", error=str(e))
+
+    async def _may_roll_forward(self, row: dict[str, Any]) -> bool:
+        """A `committing` output row of this node's dead attempt may be rolled forward at its
+        restart only while the job's record still shows that attempt running here: once the
+        job ended or another attempt started (on any node), the dead attempt's leftovers are
+        undone instead, so they never replace what a later attempt committed."""
+        try:
+            got = await self._get(str(row["job_id"]))
+        except Exception as e:  # NATS away: undo (the job runs again and writes again)
+            log.warning("output_roll_forward_unknown", job_id=row["job_id"], error=str(e))
+            return False
+        if got is None:
+            return False
+        rec = got[0]
+        return (rec.get("state") == str(JobState.RUNNING) and rec.get("node") == self.node
+                and int(rec.get("attempts") or 0) == int(row["attempt"]))
 
     # --- records ----------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ class Daemon:
         self.notifier = Notifier()
         # one machine: jobs in SQLite; cluster mode: in the JetStream key-value bucket
         self.store = None if config.cluster else SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
-        self.runtime = Runtime(config, store=self.store)
+        self.runtime = Runtime(config, store=self.store, node=config.cluster.node if config.cluster else None)
         self._runner: web.AppRunner | None = None
         self._scope = TaskScope("daemon")  # the watchdog and the prune loop
 

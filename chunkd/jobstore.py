@@ -7,7 +7,9 @@ run again from the beginning: at-least-once, bounded by max_attempts.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,11 +77,24 @@ def outputs_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in [*older, *mine]]
 
 
-class SqliteJobStore:
-    """One connection, used only from its own thread, WAL journal, synchronous=FULL."""
+class SqliteOutputLedger:
+    """The `outputs` table alone, in its own SQLite file: the outputs ledger of a process
+    without a job store (cluster mode, `chunkd run`), at `state_dir/outputs.sqlite3`.
+    SqliteJobStore is this plus the `jobs` table (one SQL for the rows, both ways).
 
-    def __init__(self, path: Path) -> None:
+    One connection, used only from its own thread, WAL journal, synchronous=FULL.
+
+    `lock = True` (the node-local ledger): `open` takes an flock on `PATH.lock`, exclusive
+    if it can (then `sole_user` is True: no other live process uses this ledger, so its
+    open rows are dead attempts' and may be recovered), and keeps it shared for as long as
+    the ledger is open, so that a second process on the same state_dir never recovers this
+    one's live rows."""
+
+    def __init__(self, path: Path, *, lock: bool = False) -> None:
         self.path = path
+        self._lock_wanted = lock
+        self._lock_fd: int | None = None
+        self.sole_user = not lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-sqlite")
         self._db: sqlite3.Connection | None = None
 
@@ -89,26 +104,105 @@ class SqliteJobStore:
             return fn(self._db)
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
+    def _schema(self, db: sqlite3.Connection) -> None:
+        db.execute("""CREATE TABLE IF NOT EXISTS outputs (
+            job_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, container TEXT NOT NULL,
+            name TEXT NOT NULL, state TEXT NOT NULL, token TEXT NOT NULL DEFAULT '{}',
+            bytes INTEGER NOT NULL DEFAULT 0, version TEXT, updated_at REAL,
+            PRIMARY KEY (job_id, attempt, seq))""")
+        db.execute("CREATE INDEX IF NOT EXISTS outputs_state ON outputs(state)")
+
+    def _take_lock(self) -> None:
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.sole_user = True
+        except BlockingIOError:
+            self.sole_user = False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # held until close: a later process is never sole user meanwhile
+        self._lock_fd = fd
+
     async def open(self) -> None:
         def connect() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._lock_wanted:
+                self._take_lock()
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
-                id TEXT PRIMARY KEY, component TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, ended_at REAL,
-                invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
-                output TEXT NOT NULL DEFAULT '[]')""")
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
-            db.execute("""CREATE TABLE IF NOT EXISTS outputs (
-                job_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, container TEXT NOT NULL,
-                name TEXT NOT NULL, state TEXT NOT NULL, token TEXT NOT NULL DEFAULT '{}',
-                bytes INTEGER NOT NULL DEFAULT 0, version TEXT, updated_at REAL,
-                PRIMARY KEY (job_id, attempt, seq))""")
-            db.execute("CREATE INDEX IF NOT EXISTS outputs_state ON outputs(state)")
+            self._schema(db)
             self._db = db
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def save_outputs(self, rows: list[dict[str, Any]]) -> None:
+        data = [tuple(json.dumps(r["token"]) if c == "token" else r.get(c) for c in _OUTPUT_COLUMNS) for r in rows]
+        sql = (f"INSERT OR REPLACE INTO outputs ({', '.join(_OUTPUT_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_OUTPUT_COLUMNS))})")
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, data)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        await self._do(run)
+
+    @staticmethod
+    def _output_rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(_OUTPUT_COLUMNS, r, strict=True))
+            d["token"] = json.loads(d["token"])
+            out.append(d)
+        return out
+
+    async def outputs(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._do(lambda db: self._output_rows(db.execute(
+            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE job_id = ? ORDER BY attempt, seq", (job_id,))))
+
+    async def open_outputs(self) -> list[dict[str, Any]]:
+        marks = ", ".join("?" * len(_OPEN_OUTPUT_STATES))
+        return await self._do(lambda db: self._output_rows(db.execute(
+            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE state IN ({marks}) ORDER BY job_id, attempt, seq",
+            _OPEN_OUTPUT_STATES)))
+
+    async def prune_outputs(self, settled_before: float) -> int:
+        """Delete the rows committed or aborted before `settled_before` (the node-local
+        ledger: nothing reads them once settled; a job's record carries its outputs)."""
+        return await self._do(lambda db: db.execute(
+            "DELETE FROM outputs WHERE state IN ('committed', 'aborted') AND updated_at < ?",
+            (settled_before,)).rowcount)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+class SqliteJobStore(SqliteOutputLedger):
+    """The job store: the `jobs` table beside the ledger's `outputs` table, in one file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+
+    def _schema(self, db: sqlite3.Connection) -> None:
+        db.execute("""CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY, component TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, ended_at REAL,
+            invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
+            output TEXT NOT NULL DEFAULT '[]')""")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+        super()._schema(db)
 
     async def save(self, record: dict[str, Any]) -> None:
         row = tuple(json.dumps(record[c]) if c in _JSON else record[c] for c in _COLUMNS)
@@ -167,47 +261,3 @@ class SqliteJobStore:
                        "AND state IN ('committed', 'aborted')")
             return cur.rowcount
         return await self._do(run)
-
-    async def save_outputs(self, rows: list[dict[str, Any]]) -> None:
-        data = [tuple(json.dumps(r["token"]) if c == "token" else r.get(c) for c in _OUTPUT_COLUMNS) for r in rows]
-        sql = (f"INSERT OR REPLACE INTO outputs ({', '.join(_OUTPUT_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(_OUTPUT_COLUMNS))})")
-
-        def run(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(sql, data)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        await self._do(run)
-
-    @staticmethod
-    def _output_rows(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
-        out = []
-        for r in cur.fetchall():
-            d = dict(zip(_OUTPUT_COLUMNS, r, strict=True))
-            d["token"] = json.loads(d["token"])
-            out.append(d)
-        return out
-
-    async def outputs(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._do(lambda db: self._output_rows(db.execute(
-            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE job_id = ? ORDER BY attempt, seq", (job_id,))))
-
-    async def open_outputs(self) -> list[dict[str, Any]]:
-        marks = ", ".join("?" * len(_OPEN_OUTPUT_STATES))
-        return await self._do(lambda db: self._output_rows(db.execute(
-            f"SELECT {', '.join(_OUTPUT_COLUMNS)} FROM outputs WHERE state IN ({marks}) ORDER BY job_id, attempt, seq",
-            _OPEN_OUTPUT_STATES)))
-
-    async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        finally:
-            self._executor.shutdown(wait=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
 import structlog
 
@@ -51,7 +51,8 @@ CANCEL_WAIT_S = 30.0  # longest abort() waits for the operations it cancelled to
 
 
 class OutputLedger(Protocol):
-    """Where output rows are kept (the job store: jobstore.SqliteJobStore)."""
+    """Where output rows are kept: the job store (jobstore.SqliteJobStore), or without one
+    (cluster mode, `chunkd run`) the node-local ledger (jobstore.SqliteOutputLedger)."""
 
     async def save_outputs(self, rows: list[dict[str, Any]]) -> None:
         """Insert or replace these rows (keyed by job_id, attempt, seq) in one transaction."""
@@ -282,11 +283,18 @@ class JobOutputs:
             assert o.sink is not None
             try:
                 o.version = await o.sink.commit()
-            except SinkError as e:
-                msg = f"output {o.container}/{o.name} could not be committed: {e}"
-                if isinstance(e, SinkConflict) and not e.by_this_job:
+            except SinkConflict as e:
+                if not e.by_this_job:
                     msg = (f"output {o.container}/{o.name} exists and containers.{o.container}.overwrite = false: "
                            f"{e}")
+                    self._fail(msg)
+                    await self._abort_all()
+                    raise OutputRefused(msg, "failed") from None
+                # an earlier attempt of this job committed it meanwhile (cluster mode: a dead
+                # node's commit rolled forward at its restart): that one stands, ours was undone
+                o.sink, o.version = None, None
+            except SinkError as e:
+                msg = f"output {o.container}/{o.name} could not be committed: {e}"
                 self._fail(msg)
                 await self._abort_all()
                 raise OutputRefused(msg, "failed") from None
@@ -458,10 +466,16 @@ class RecoveryLedger(OutputLedger, Protocol):
         ...
 
 
-async def recover_outputs(ledger: RecoveryLedger, sinks: Mapping[str, "WritableContainer"]) -> dict[str, int]:
+async def recover_outputs(ledger: RecoveryLedger, sinks: Mapping[str, "WritableContainer"], *,
+                          roll_forward: "Callable[[dict[str, Any]], Awaitable[bool]] | None" = None,
+                          sweep: bool = True) -> dict[str, int]:
     """At start, before unfinished jobs run again: settle what dead attempts left (each
     open row through its container's `recover`: rolled forward if it was committing,
-    undone otherwise), then sweep each writable container. Returns counts by result."""
+    undone otherwise), then sweep each writable container (unless `sweep` is False).
+    `roll_forward(row)`, when given, is asked for each `committing` row whether it may
+    still be rolled forward (cluster mode: only while the job's record says the dead
+    attempt is still its latest); when it says no the row is undone. Returns counts by
+    result."""
     counts = {COMMITTED: 0, ABORTED: 0, "left": 0, "swept": 0}
     for row in await ledger.open_outputs():
         c = sinks.get(row["container"])
@@ -471,8 +485,12 @@ async def recover_outputs(ledger: RecoveryLedger, sinks: Mapping[str, "WritableC
             log.warning("output_recovery_skipped", **where, state=row["state"],
                         reason="the container is no longer configured as writable: settled at a later start")
             continue
+        committing = row["state"] == COMMITTING
+        if committing and roll_forward is not None and not await roll_forward(row):
+            committing = False
+            log.info("output_not_rolled_forward", **where, reason="the job moved on without this attempt")
         try:
-            result = await c.recover(dict(row["token"]), job_id=row["job_id"], committing=row["state"] == COMMITTING)
+            result = await c.recover(dict(row["token"]), job_id=row["job_id"], committing=committing)
         except ChunkdError as e:
             counts["left"] += 1
             log.error("output_recovery_failed", **where, state=row["state"], error=str(e))
@@ -480,7 +498,7 @@ async def recover_outputs(ledger: RecoveryLedger, sinks: Mapping[str, "WritableC
         counts[result] = counts.get(result, 0) + 1
         await ledger.save_outputs([{**row, "state": result, "updated_at": time.time()}])
         log.info("output_recovered", **where, was=row["state"], result=result)
-    for name, c in sinks.items():
+    for name, c in sinks.items() if sweep else ():
         try:
             counts["swept"] += await c.sweep()
         except ChunkdError as e:

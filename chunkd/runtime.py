@@ -15,9 +15,10 @@ in-process; the daemon wraps it. The delivery rules are docs/wit-and-delivery.md
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import structlog
 from chunkd import _native
@@ -31,12 +32,12 @@ from chunkd.backend import ClusterJobs, JobBackend, LocalJobs
 from chunkd.errors import NotAccepting, QueueFull, UnknownComponent
 from chunkd.jobrunner import JobRunner
 from chunkd.jobs import Job, JobState
-from chunkd.jobstore import JobStore, committed_outputs
+from chunkd.jobstore import JobStore, SqliteOutputLedger, committed_outputs
 from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
 from chunkd.flowcontrol import BufferBudget
-from chunkd.outputs import JobOutputs, recover_outputs
+from chunkd.outputs import JobOutputs, RecoveryLedger, recover_outputs
 from chunkd.sinks import SinkError, WritableContainer, sink_container
 from chunkd.sources import Container, build_container
 from chunkd.streamview import stream_summary
@@ -52,10 +53,16 @@ log = structlog.get_logger("chunkd.runtime")
 
 
 class Runtime:
-    def __init__(self, config: Config, store: JobStore | None = None, *, only: set[str] | None = None) -> None:
+    def __init__(self, config: Config, store: JobStore | None = None, *, only: set[str] | None = None,
+                 node: str | None = None) -> None:
         self.config = config
         self.only = only  # load just these components (a one-shot `chunkd run` needs one)
         self.store = store
+        self.node = node  # cluster mode: this node's name (its temp names; outputs settled by the cluster)
+        # where output rows go: the job store, or without one (cluster mode, `chunkd run`)
+        # the node-local ledger state_dir/outputs.sqlite3, opened at start
+        self.ledger: RecoveryLedger | None = store
+        self._own_ledger: SqliteOutputLedger | None = None
         self.metrics = Metrics()
         self.engine: _native.Engine | None = None
         self.clock: EpochClock | None = None
@@ -98,21 +105,45 @@ class Runtime:
         for name, ccfg in self.config.containers.items():
             self.containers[name] = build_container(ccfg, self.io_executor, file=self.config.file)
         self._services.containers = self.containers
-        self.sinks = self._build_sinks(self.config, self.containers)
+        self.sinks = self._build_sinks(self.config, self.containers, self.node)
         self._services.grants = self._grants(self.config)
-        if self.store is not None:  # before any job runs again: settle what dead attempts left
-            counts = await recover_outputs(self.store, self.sinks)
-            if any(counts.values()):
-                log.info("outputs_recovered", **counts)
+        if self.store is None:
+            ledger = SqliteOutputLedger(self.config.daemon.state_dir / "outputs.sqlite3", lock=True)
+            try:
+                await ledger.open()
+                self._own_ledger = self.ledger = ledger
+            except (OSError, sqlite3.Error) as e:  # e.g. `chunkd run` without a writable state_dir
+                await ledger.close()
+                log.warning("outputs_ledger_unavailable", path=str(ledger.path), error=str(e),
+                            consequence="outputs are committed or aborted with the job, not recovered after a crash")
+        if self.node is None:  # before any job runs again; cluster mode: the cluster calls it once connected
+            await self.settle_outputs()
         self.pools = await self._build_pools(self.config, {})
 
+    async def settle_outputs(self, roll_forward: Callable[[dict[str, Any]], Awaitable[bool]] | None = None) -> None:
+        """Settle what dead attempts left in the ledger (outputs.recover_outputs), then sweep:
+        every temp file with a job store (one daemon), only this node's in cluster mode,
+        none for `chunkd run` (a daemon may be writing into the same folders). Skipped when
+        another live process uses the same node-local ledger (its open rows are live)."""
+        if self.ledger is None:
+            return
+        if self._own_ledger is not None and not self._own_ledger.sole_user:
+            log.warning("output_recovery_skipped", ledger=str(self._own_ledger.path),
+                        reason="another live process uses this ledger: its open rows may be live")
+            return
+        counts = await recover_outputs(self.ledger, self.sinks, roll_forward=roll_forward,
+                                       sweep=self.store is not None or self.node is not None)
+        if any(counts.values()):
+            log.info("outputs_recovered", **counts)
+
     @staticmethod
-    def _build_sinks(config: Config, containers: dict[str, Container]) -> dict[str, WritableContainer]:
+    def _build_sinks(config: Config, containers: dict[str, Container],
+                     node: str | None) -> dict[str, WritableContainer]:
         sinks = {}
         for name, ccfg in config.containers.items():
             if ccfg.writable and name in containers:
                 try:
-                    sinks[name] = sink_container(name, ccfg, containers[name])
+                    sinks[name] = sink_container(name, ccfg, containers[name], node=node)
                 except SinkError as e:  # e.g. an s3 container with no bucket: every create is refused
                     log.warning("container_not_writable", container=name, error=str(e))
         return sinks
@@ -123,12 +154,16 @@ class Runtime:
 
     async def job_outputs(self, job_id: str, component: str, attempt: int) -> JobOutputs:
         """The outputs of one attempt (the job runner's): the writable containers, the grants
-        and limits.max_output_bytes as they are now, and what earlier attempts committed."""
-        before = committed_outputs(await self.store.outputs(job_id)) if self.store is not None else {}
+        and limits.max_output_bytes as they are now, and what earlier attempts committed: the
+        job store's rows, or (cluster mode) the outputs view the job's record carries."""
+        job = self.runner.jobs.get(job_id)
+        before = committed_outputs(job.past_outputs if job is not None else [])
+        if self.store is not None:
+            before.update(committed_outputs(await self.store.outputs(job_id)))
         comp = self.config.components.get(component)
         return JobOutputs(job_id, attempt, component, sinks=self.sinks, containers=self.config.containers,
                           grants=comp.containers if comp is not None else frozenset(), budget=self.budget,
-                          max_output_bytes=self.limits.current.max_output_bytes, ledger=self.store,
+                          max_output_bytes=self.limits.current.max_output_bytes, ledger=self.ledger,
                           metrics=self.metrics, committed_before=before)
 
     async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
@@ -181,7 +216,7 @@ class Runtime:
         self.config = config
         self.containers = containers
         self.services.containers = containers
-        self.sinks = self._build_sinks(config, containers)
+        self.sinks = self._build_sinks(config, containers, self.node)
         self.services.grants = self._grants(config)
         self.limits.update(config.limits)  # kept instances, new ones and the host services alike
         self.budget.set_limit(config.limits.max_buffered_bytes)
@@ -205,6 +240,8 @@ class Runtime:
             await c.close()
         if self.clock is not None:
             self.clock.stop()
+        if self._own_ledger is not None:
+            await self._own_ledger.close()
         self.io_executor.shutdown(wait=False)
         self.closed = True
 
@@ -263,6 +300,8 @@ class Runtime:
         return await self.backend.drain(grace_s)
 
     async def prune(self, retention_s: float) -> int:
+        if self._own_ledger is not None:  # settled rows: the job's record carries its outputs
+            await self._own_ledger.prune_outputs(time.time() - retention_s)
         return await self.runner.prune(retention_s)
 
     # --- introspection ----------------------------------------------------------------

@@ -13,16 +13,19 @@ from chunkd.sources.base import Container
 __all__ = ["ABORTED", "COMMITTED", "Sink", "SinkConflict", "SinkError", "WritableContainer", "sink_container"]
 
 
-def sink_container(name: str, cfg: ContainerConfig, source: Container) -> WritableContainer:
+def sink_container(name: str, cfg: ContainerConfig, source: Container, *,
+                   node: str | None = None) -> WritableContainer:
     """The WritableContainer of container `name`. Raises SinkError when it is not
-    writable (`containers.NAME.writable` is false, or its kind is read-only)."""
+    writable (`containers.NAME.writable` is false, or its kind is read-only). `node`:
+    cluster mode's node name (a file container's temp names carry it; its sweep is
+    limited to them)."""
     if not cfg.writable:
         raise SinkError(f"container {name!r} is read-only (containers.{name}.writable is not true)")
     if cfg.kind == "file":
         from chunkd.sinks.file import FileSinkContainer
         from chunkd.sources.file import FileContainer
         if isinstance(source, FileContainer):
-            return FileSinkContainer(name, source)
+            return FileSinkContainer(name, source, node=node)
     elif cfg.kind == "s3":
         from chunkd.sinks.s3 import S3SinkContainer
         from chunkd.sources.s3 import S3Container

@@ -1,7 +1,9 @@
 """Outputs to a `file` container: a temp file beside the target, fsync, rename.
 
 The temp file is `.chunkd-out.<job>.<attempt>.<random>.tmp` in the target's own
-folder (so the rename never crosses a filesystem). No read or write may name a
+folder (so the rename never crosses a filesystem); a cluster node's is
+`.chunkd-out.<job>.<attempt>.<node>.<random>.tmp`, and its `sweep` removes only
+those (other nodes may be writing into the same folder). No read or write may name a
 file whose last part starts with `.chunkd-out.` (chunkd/sources/file.py), so a
 temp name never collides with a blob name. `commit` is `rename` (overwrite =
 true) or `link` then `unlink` (overwrite = false: the link fails with EEXIST
@@ -11,7 +13,9 @@ on the container's executor, never on the event loop.
 The job id is also kept in the file's `user.chunkd-job` extended attribute
 where the filesystem has them, so `recover` can tell this job's commit from a
 file someone else put there; where it has none, a target that exists once the
-temp is gone counts as committed.
+temp is gone counts as committed. `create` of a name that already carries this
+job's id raises SinkConflict(by_this_job=True) whatever `overwrite` says: an
+earlier attempt committed it (the caller treats it as committed, not written twice).
 """
 from __future__ import annotations
 
@@ -193,9 +197,12 @@ class FileSink:
 class FileSinkContainer:
     kind = "file"
 
-    def __init__(self, name: str, source: FileContainer) -> None:
+    def __init__(self, name: str, source: FileContainer, *, node: str | None = None) -> None:
         self.name = name
         self.source = source
+        self.node = node  # cluster mode: this node's name, in its temp names; sweep removes only those
+        self._mine = TEMP_RE if node is None else re.compile(
+            r"^" + re.escape(OUTPUT_TEMP_PREFIX) + r"[^.]+\.\d+\." + re.escape(node) + r"\.[0-9a-f]+\.tmp$")
         self.root = str(source.root)
         self._prefix = self.root.rstrip(os.sep) + os.sep
         self._executor: Executor | None = source.executor
@@ -230,10 +237,15 @@ class FileSinkContainer:
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise SinkError(f"{self.name}/{name}: is a folder")
+            mine = st is not None and _job_of(target) == job_id
+            if mine:  # whatever overwrite says: an earlier attempt of this job committed it
+                raise SinkConflict(f"{self.name}/{name}: committed already by an earlier attempt of this job",
+                                   by_this_job=True)
             if st is not None and not overwrite:
-                raise SinkConflict(f"{self.name}/{name}: exists already and the container has overwrite = false",
-                                   by_this_job=_job_of(target) == job_id)
-            temp = os.path.join(parent, f"{OUTPUT_TEMP_PREFIX}{_tag(job_id)}.{attempt}.{secrets.token_hex(6)}.tmp")
+                raise SinkConflict(f"{self.name}/{name}: exists already and the container has overwrite = false")
+            node = f"{self.node}." if self.node else ""
+            temp = os.path.join(parent, f"{OUTPUT_TEMP_PREFIX}{_tag(job_id)}.{attempt}.{node}"
+                                        f"{secrets.token_hex(6)}.tmp")
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
                 os.setxattr(fd, XATTR, job_id.encode())
@@ -300,7 +312,7 @@ class FileSinkContainer:
             for folder, dirs, files in os.walk(self.root, followlinks=False):
                 seen += len(dirs) + len(files)
                 for f in files:
-                    if TEMP_RE.match(f):
+                    if self._mine.match(f):
                         path = os.path.join(folder, f)
                         if path in _IN_USE:
                             continue

@@ -7,6 +7,8 @@ full part is uploaded before `write` returns, `seal` uploads the last one, and
 opens an upload: it is one PutObject at commit. Both paths put the metadata
 `chunkd-job: <job id>` on the object, so `recover` can tell this job's commit.
 
+overwrite = true: a HeadObject at create; an object whose `chunkd-job` is this
+job's raises SinkConflict(by_this_job=True): an earlier attempt committed it.
 overwrite = false: a HeadObject at create and again before commit (a clear
 error early, and a fallback for stores that ignore conditional writes), and
 `If-None-Match: *` on the PutObject / CompleteMultipartUpload itself, which
@@ -121,6 +123,11 @@ class S3SinkContainer:
         _ = self.bucket  # refuses a container without a bucket now, not at the first part
         if not overwrite:
             await self.check_absent(f"{self.name}/{name}", key, job_id)
+        else:  # an object an earlier attempt of this job committed is not written twice
+            head = await self.head(f"{self.name}/{name}: HeadObject", key)
+            if head is not None and head.get("Metadata", {}).get(JOB_META) == job_id:
+                raise SinkConflict(f"{self.name}/{name}: committed already by an earlier attempt of this job",
+                                   by_this_job=True)
         return S3Sink(self, name, key, job_id=job_id, attempt=attempt, overwrite=overwrite)
 
     async def abort_upload(self, label: str, key: str, upload_id: str) -> bool:
