@@ -1,8 +1,10 @@
 //! transform: ROT13 of a blob into a new blob, in the streams world
 //! (`transformer-streams`: consumer-streams plus the `blob-writer` import).
 //!
-//! invoke(args): `[--chunk-size=BYTES] IN_CONTAINER NAME OUT_CONTAINER OUT_NAME`
-//! (default 1 MiB). Opens NAME and starts a chunked read. The host then calls
+//! invoke(args): `[--chunk-size=BYTES] [--mode=rot13|copy] IN_CONTAINER NAME OUT_CONTAINER OUT_NAME`
+//! (default 1 MiB, rot13). `--mode=copy` writes every byte unchanged (the
+//! streams world's copy-through of bench/outputs) and prints `copy ...`
+//! instead of `rot13 ...`; everything else is the same. Opens NAME and starts a chunked read. The host then calls
 //! `consume`, which makes a `stream<u8>`, hands its readable end to
 //! `write-blob(OUT_CONTAINER, OUT_NAME, ..)` and, concurrently, reads `data`
 //! into one reused buffer of the chunk size, ROT13s it in place and writes it
@@ -33,7 +35,7 @@ use wit_bindgen::{FutureReader, StreamReader, StreamResult};
 const DEFAULT_CHUNK: u64 = 1024 * 1024;
 /// The canonical ABI's largest read (wit-bindgen clamps to it anyway).
 const MAX_READ: u64 = (1 << 28) - 1;
-const USAGE: &str = "usage: transform [--chunk-size=BYTES] IN_CONTAINER NAME OUT_CONTAINER OUT_NAME";
+const USAGE: &str = "usage: transform [--chunk-size=BYTES] [--mode=rot13|copy] IN_CONTAINER NAME OUT_CONTAINER OUT_NAME";
 
 /// ROT13 of ASCII letters; every other byte unchanged (`tr 'A-Za-z' 'N-ZA-Mn-za-m'`).
 const ROT13: [u8; 256] = {
@@ -57,6 +59,8 @@ struct Job {
     out_container: String,
     out_name: String,
     chunk: u64,
+    /// false: `--mode=copy`, the bytes go out unchanged
+    rot13: bool,
 }
 
 thread_local! {
@@ -103,11 +107,19 @@ struct Transform;
 impl Trigger for Transform {
     fn invoke(args: Vec<String>) -> Result<String, String> {
         let mut chunk = DEFAULT_CHUNK;
+        let mut rot13 = true;
         let mut rest = Vec::new();
         for a in args {
-            match a.strip_prefix("--chunk-size=") {
-                Some(n) => chunk = n.parse().map_err(|_| format!("bad chunk size {n:?}"))?,
-                None => rest.push(a),
+            if let Some(n) = a.strip_prefix("--chunk-size=") {
+                chunk = n.parse().map_err(|_| format!("bad chunk size {n:?}"))?;
+            } else if let Some(m) = a.strip_prefix("--mode=") {
+                rot13 = match m {
+                    "rot13" => true,
+                    "copy" => false,
+                    _ => return Err(format!("bad mode {m:?}: rot13 or copy")),
+                };
+            } else {
+                rest.push(a);
             }
         }
         let [container, name, out_container, out_name] = <[String; 4]>::try_from(rest).map_err(|_| USAGE.to_string())?;
@@ -121,7 +133,7 @@ impl Trigger for Transform {
             *n - 1
         });
         let what = format!("transforming {container}/{name} into {out_container}/{out_name} in {chunk}-byte chunks");
-        PENDING.with(|p| p.borrow_mut().insert(cid, Job { name: name.clone(), out_container, out_name, chunk }));
+        PENDING.with(|p| p.borrow_mut().insert(cid, Job { name: name.clone(), out_container, out_name, chunk, rot13 }));
         if let Err(e) = stream.start_chunking_read(chunk, cid) {
             PENDING.with(|p| p.borrow_mut().remove(&cid));
             return Err(format!("start-chunking-read {name}: {}", describe(&e)));
@@ -155,8 +167,10 @@ impl Consumer for Transform {
                     // the host closed its end: all written, or cancelled/failed (`end` says)
                     StreamResult::Dropped | StreamResult::Cancelled => break,
                 }
-                for b in buf.iter_mut() {
-                    *b = ROT13[*b as usize];
+                if job.rot13 {
+                    for b in buf.iter_mut() {
+                        *b = ROT13[*b as usize];
+                    }
                 }
                 let n = buf.len() as u64;
                 buf = writer.write_all(buf).await;
@@ -175,7 +189,8 @@ impl Consumer for Transform {
         written.map_err(|e| format!("write-blob {target}: {}", describe(&e)))?;
         match end.await {
             StreamEnd::Completed => {
-                println!("rot13 {} -> {target} {total} bytes", job.name);
+                let mode = if job.rot13 { "rot13" } else { "copy" };
+                println!("{mode} {} -> {target} {total} bytes", job.name);
                 Ok(())
             }
             StreamEnd::Cancelled => Err(format!("read {}: cancelled", job.name)),
