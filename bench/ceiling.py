@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+OUTPUT_RESOURCE_ID = 0x0C4D
 STREAM_RESOURCE_ID = 1
 # measured by the previous bench/run on this machine kind (C-API ceiling, 42-49 MB/s,
 # issue #16): quoted when wasmtime-py is not installed
@@ -66,8 +67,13 @@ def c_api_ceiling(component_path: Path, chunk: int, total_bytes: int) -> float:
             types.add_func("[method]input-stream.size", lambda store, this: None)
             types.add_func("[method]input-stream.read", lambda store, this, n: b"")
             types.add_func("[method]input-stream.start-chunking-read", lambda store, this, c, cid: None)
+            # the outputs (issue 25): linked so a guest built against today's WIT links; never called
+            types.add_resource("output-stream", ResourceType.host(OUTPUT_RESOURCE_ID), lambda store, rep: None)
+            types.add_func("[method]output-stream.write", lambda store, this, data: None)
+            types.add_func("[method]output-stream.finish", lambda store, this: None)
         with root.add_instance("chunkd:streams/blobs@0.1.0") as blobs:
             blobs.add_func("open", lambda store, c, n: ResourceHost.own(1, STREAM_RESOURCE_ID))
+            blobs.add_func("create", lambda store, c, n: ResourceHost.own(1, OUTPUT_RESOURCE_ID))
     inst = linker.instantiate(store, comp)
     idx = inst.get_export_index(store, "chunkd:streams/chunked-stream-handler@0.1.0")
     fidx = inst.get_export_index(store, "handle-chunk", idx)
