@@ -42,10 +42,20 @@ struct RunArg {
     hint_length: u64,
 }
 
-#[derive(FromPyObject)]
+/// A chunk's bytes or a run. Extracted by hand: a derived enum would build (and drop) a
+/// Python error for every run item that is not bytes, on the hot path.
 enum DataArg {
     Bytes(Py<PyBytes>),
     Run(RunArg),
+}
+
+impl<'py> FromPyObject<'py> for DataArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        match ob.downcast::<PyBytes>() {
+            Ok(b) => Ok(DataArg::Bytes(b.clone().unbind())),
+            Err(_) => Ok(DataArg::Run(ob.extract()?)),
+        }
+    }
 }
 
 /// (handle, correlation-id, current-chunk, total-chunks, bytes | DirectRun).
