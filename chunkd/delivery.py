@@ -18,6 +18,17 @@ Every byte a Delivery takes from the shared BufferBudget is counted in its own
 ledger (`held`): a chunk gives back its share when it is delivered or
 dropped, and `stop()` gives back whatever is left. So a stream returns
 exactly what it took, on every path, whatever the chunk, unit and budget sizes.
+
+`stop()` (the stream's end) also closes the delivery to its producer, which it
+cancels; a cancel is not always honoured (on Python 3.11 `asyncio.wait_for`, which
+bounds every remote read, returns its inner read's result or raises its error when
+that read finished as the cancel came; a source may turn the release of its
+response into a transient error). So the producer checks in at the three places it
+could act after the end, and is refused there with ProducerStopped, which ends it
+quietly: taking budget (`_take`: a grant goes straight back), retrying a read
+(`_read`), and queueing a chunk or an end (`_push`: the item is dropped; its bytes
+went back with `stop()`, which gave back the whole ledger, the read in flight's
+included). Nothing is queued, taken or read after the end.
 """
 from __future__ import annotations
 
@@ -40,6 +51,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("chunkd.delivery")
 
 STALLED_AFTER_S = 30.0  # an open stream with no chunk delivered for this long shows as stalled
+
+
+class ProducerStopped(Exception):
+    """Raised in a producer that runs on after its stream's end (`Delivery.stop()`), when it
+    next takes budget, queues a chunk or an end, or would retry a read: it ends there."""
 
 
 @dataclass(slots=True)
@@ -124,6 +140,7 @@ class Delivery:
         self.stats = StreamStats()
         self.outcome: values.StreamEnd | None = None
         self.task: asyncio.Task[None] | None = None
+        self.stopped = False  # stop() ran: the producer may take, read and queue nothing more
         self.log = log.bind(component=component, job_id=job_id, correlation_id=correlation_id,
                             container=stream.container, blob=stream.name)
         # direct mode: chunks are read on the instance thread, nothing is buffered here
@@ -175,21 +192,34 @@ class Delivery:
         """Read ahead until the end; never raises but CancelledError: a source error or a
         bug ends this stream `failed` (a bug says `internal error` and is logged)."""
         try:
-            await self._produce()
-        except asyncio.CancelledError:
-            raise
-        except SourceError as e:
-            self._push(End(values.failed(str(e))))
-        except Exception as e:
-            self.log.exception("producer_crashed")
-            self._push(End(values.failed(f"internal error: {e!r}")))
+            try:
+                await self._produce()
+            except (asyncio.CancelledError, ProducerStopped):
+                raise
+            except SourceError as e:
+                self._push(End(values.failed(str(e))))
+            except Exception as e:
+                self.log.exception("producer_crashed")
+                self._push(End(values.failed(f"internal error: {e!r}")))
+        except ProducerStopped:  # the stream ended and its cancel was not honoured: done
+            self.log.debug("producer_outlived_its_end")
+
+    def _check_open(self) -> None:
+        """The producer's one check that its stream has not ended (see the module doc)."""
+        if self.stopped:
+            raise ProducerStopped(f"stream {self.name} (correlation-id {self.correlation_id}) has ended")
 
     def _push(self, item: Chunk | End) -> None:
+        self._check_open()  # after the end an item is dropped: its bytes went back with stop()
         self.queue.append(item)
         self._on_ready(self)
 
     async def _take(self, n: int) -> int:
+        self._check_open()
         granted = await self.budget.acquire(n)
+        if self.stopped:  # granted after the end: the ledger is closed, it goes straight back
+            self.budget.release(granted)
+            self._check_open()
         self.held += granted  # no await between the grant and the ledger
         return granted
 
@@ -200,6 +230,7 @@ class Delivery:
 
     async def _read(self, offset: int, length: int) -> bytes:
         def on_retry(attempt: int, delay: float, e: SourceError) -> None:
+            self._check_open()  # no retry after the end: its blob is closed, or about to be
             self.stats.retries += 1
             self.log.warning("source_retry", offset=offset, attempt=attempt, delay_s=round(delay, 3), error=str(e))
         return await read_with_retry(self.stream.blob, offset, length, self.retries, self.backoff_s, on_retry)
@@ -277,8 +308,10 @@ class Delivery:
 
     def stop(self) -> None:
         """Stop reading and give back every byte this stream holds. Synchronous, so no
-        cancellation can leave it half done: once the producer is cancelled it can take
-        nothing more (a grant racing the cancel is given back inside acquire)."""
+        cancellation can leave it half done. Once it ran, the producer can take, read and
+        queue nothing more, whether it honours its cancel or not (a grant racing the
+        cancel is given back inside acquire, one after it in `_take`)."""
+        self.stopped = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
         # the job's TaskGroup still owns the task; holding it here would keep a cancelled

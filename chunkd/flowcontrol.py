@@ -110,7 +110,8 @@ class Pacer:
 
 async def read_with_retry(blob: "Blob", offset: int, length: int, retries: int, backoff_s: float,
                           on_retry: "Callable[[int, float, SourceError], None] | None" = None) -> bytes:
-    """blob.read_at, retrying transient errors with jittered exponential backoff from the same offset."""
+    """blob.read_at, retrying transient errors with jittered exponential backoff from the same offset.
+    `on_retry` is told of each retry before its backoff; an exception it raises ends the reads."""
     attempt = 0
     while True:
         try:
