@@ -236,6 +236,9 @@ class JobOutputs:
 
         The commit runs as a task of its own that a cancelled caller does not stop (a
         shutdown does not cut it between two outputs); an abort() meanwhile waits for it."""
+        if self._end is None and self._untouched():
+            self._closed = True  # nothing was created: nothing to commit (and no task for it)
+            return
         if self._end is None:
             self._end = ("commit", asyncio.ensure_future(self._commit()))
         kind, task = self._end
@@ -248,6 +251,9 @@ class JobOutputs:
         """Every other end (failed, cancelled, timed out, interrupted, a trap): abort every
         output not committed. Idempotent; gives back every byte of budget. After a commit
         (or while one runs: it is awaited) it changes nothing."""
+        if self._end is None and self._untouched():
+            self._closed = True
+            return
         if self._end is None:
             self._end = ("abort", asyncio.ensure_future(self._abort_all()))
         try:
@@ -342,6 +348,10 @@ class JobOutputs:
         return self._ended
 
     # --- inside ---------------------------------------------------------------------
+
+    def _untouched(self) -> bool:
+        """No output was ever created, nothing failed, no operation runs: an end has nothing to do."""
+        return not self._outputs and self.failure is None and not any(not t.done() for t in self._inflight)
 
     def _op(self) -> "_Inflight":
         return _Inflight(self._inflight)

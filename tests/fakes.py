@@ -27,6 +27,7 @@ from chunkd.hostservices import RuntimeServices
 from chunkd.jobrunner import JobRunner
 from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
+from chunkd.outputs import JobOutputs
 from chunkd.flowcontrol import BufferBudget, Pacer
 from chunkd.tasks import TaskScope
 
@@ -258,6 +259,10 @@ class FakeRuntime:
         self.pool = FakePool(self.inst, prefetch, meters)
         self.pools = {"fake": self.pool}
         self.runner = JobRunner(self, None)  # type: ignore[arg-type]
+
+    async def job_outputs(self, job_id: str, component: str, attempt: int) -> JobOutputs:
+        """An attempt's outputs, as the runtime makes them: no writable container here."""
+        return JobOutputs(job_id, attempt, component, sinks={}, containers={}, grants=None, budget=self.budget)
 
     async def close(self) -> None:
         await self.runner.close()
