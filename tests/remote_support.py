@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from aiohttp import ClientSession, web
 
@@ -185,3 +187,28 @@ async def run_forever() -> Any:  # pragma: no cover - manual use
     o = Origin()
     print(await o.start())
     await asyncio.Event().wait()
+
+
+@contextlib.contextmanager
+def moto_server(*buckets: str) -> Iterator[str]:
+    """moto's S3 server on loopback (a thread of this process), with `buckets` made: its URL."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    from moto.server import ThreadedMotoServer
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        url = f"http://{host}:{port}"
+        client = s3_client(url)
+        for b in buckets:
+            client.create_bucket(Bucket=b)
+        yield url
+    finally:
+        srv.stop()
+
+
+def s3_client(url: str) -> Any:
+    """A plain boto3 client of the server at `url` (to look at what chunkd left there)."""
+    import boto3
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1")

@@ -24,6 +24,7 @@ from chunkd.sinks.file import XATTR, FileSinkContainer
 from chunkd.sinks.s3 import JOB_META, S3SinkContainer
 from chunkd.sources import build_container
 from chunkd.sources.file import FileContainer
+from tests.remote_support import moto_server, s3_client
 from tests.cluster_support import NatsServer, events, start_node
 from tests.conftest import GUESTS, ROOT, make_blob
 from tests.service_support import Server, wait_for
@@ -224,17 +225,8 @@ async def _replayed(w: WritableContainer, job_id: str, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    from moto.server import ThreadedMotoServer
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    url = f"http://{host}:{port}"
-    import boto3
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield url
-    srv.stop()
+    with moto_server(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from chunkd.outputs import JobOutputs, OutputRefused
 from chunkd.runtime import Runtime
 from chunkd.sinks.base import Sink, WritableContainer
 from chunkd.streamset import Outcome
+from tests.remote_support import moto_server, s3_client
 from tests.waits import until
 
 MiB = 1024 * 1024
@@ -458,23 +459,13 @@ async def test_a_write_waits_for_room_and_abort_ends_the_wait(daemon: Callable[.
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    from moto.server import ThreadedMotoServer
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    url = f"http://{host}:{port}"
-    import boto3
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield url
-    srv.stop()
+    with moto_server(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture
 def s3(moto_url: str) -> Any:
-    import boto3
-    return boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    return s3_client(moto_url)
 
 
 def bucket(url: str, prefix: str, **extra: Any) -> dict[str, Any]:

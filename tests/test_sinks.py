@@ -22,6 +22,7 @@ from chunkd.sinks.file import FileSink, FileSinkContainer
 from chunkd.sinks.s3 import S3Sink, S3SinkContainer
 from chunkd.sources import build_container
 from chunkd.sources.file import FileContainer
+from tests.remote_support import moto_server, s3_client
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -32,23 +33,13 @@ SIZES = [0, 1, PART - 1, PART + 1, 3 * PART + 5]
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    from moto.server import ThreadedMotoServer
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    url = f"http://{host}:{port}"
-    import boto3
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield url
-    srv.stop()
+    with moto_server(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture
 def s3(moto_url: str) -> Any:
-    import boto3
-    return boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    return s3_client(moto_url)
 
 
 def containers_cfg(tmp_path: Path, moto_url: str, **extra: Any) -> dict[str, ContainerConfig]:
