@@ -34,7 +34,7 @@ def buffered_files(monkeypatch: pytest.MonkeyPatch) -> None:
 def guests() -> dict[str, Path]:
     names = ("sha256", "cancel_after", "probe", "hostile", "touch", "core_probe",
              "sha256_js", "linecount_js", "probe_js", "sha256_c_core", "sha256_c", "core_probe_c", "sha256_rs",
-             "sha256_streams", "sha256_streams_js", "streams_probe", "streams_sync", "gzip", "transform_rs")
+             "sha256_streams", "sha256_streams_js", "streams_probe", "streams_sync", "gzip", "transform_rs", "copy_rs")
     if not all((GUESTS / f"{n}.wasm").exists() for n in names):
         subprocess.run([str(ROOT / "scripts" / "build-guests")], check=True)
     return {n: GUESTS / f"{n}.wasm" for n in names}
