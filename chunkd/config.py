@@ -18,7 +18,8 @@ from chunkd.units import parse_duration, parse_size
 
 T = TypeVar("T")
 
-CONTAINER_KINDS = ("file", "s3", "http")
+CONTAINER_KINDS = ("file", "s3", "http", "gcs", "azure")
+CLOUD_KINDS = ("s3", "gcs", "azure")  # object stores: read and written
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (but the last)
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024  # and its largest
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
@@ -66,10 +67,18 @@ class ContainerConfig:
     name: str
     kind: str
     root: Path | None = None  # file
-    options: Mapping[str, Any] = field(default_factory=dict)  # s3 / http keys
-    writable: bool = False  # guests may write outputs here (file, s3; http is read-only)
+    options: Mapping[str, Any] = field(default_factory=dict)  # s3 / gcs / azure / http keys
+    writable: bool = False  # guests may write outputs here (file, s3, gcs, azure; http is read-only)
     overwrite: bool = True  # false: an output whose name exists fails (conditional create)
-    part_size: int = DEFAULT_PART_SIZE  # s3: multipart part size, >= MIN_PART_SIZE
+    part_size: int = DEFAULT_PART_SIZE  # s3 / gcs / azure: upload part size, >= MIN_PART_SIZE
+
+
+class Secret(str):
+    """A credential read from the config (after ${VAR} expansion): a str whose repr
+    never shows it, so a config dump, a log line or a traceback cannot leak it."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,31 @@ def _bounds(t: "_Table") -> dict[str, Any]:
     }
 
 
+def _secret(v: Any) -> Secret:
+    """A credential: ${VAR} is read from the environment (a missing variable is an error)."""
+    return Secret(_expand_env(_str(v)))
+
+
+def _cloud_keys(kind: str, t: "_Table") -> dict[str, Any]:
+    """The keys of one cloud kind (docs/config.md, "Containers")."""
+    if kind == "s3":
+        return {"bucket": t.get("bucket", None, _str), "region": t.get("region", "us-east-1", _str)}
+    if kind == "gcs":
+        return {"bucket": t.get("bucket", None, _str),
+                "credentials_file": t.get("credentials_file", None, _secret),
+                "anonymous": t.get("anonymous", False, _bool)}
+    keys = {"account": t.get("account", None, _str),
+            "container_name": t.get("container_name", None, _str),
+            "account_key": t.get("account_key", None, _secret),
+            "sas_token": t.get("sas_token", None, _secret),
+            "connection_string": t.get("connection_string", None, _secret)}
+    given = [k for k in ("account_key", "sas_token", "connection_string") if keys[k] is not None]
+    if len(given) > 1:
+        raise ConfigError(t.file, t.key(given[1]), f"give one of account_key, sas_token and connection_string, "
+                                                   f"not {' and '.join(given)}")
+    return keys
+
+
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     file = str(p)
@@ -342,20 +376,19 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         writable = t.get("writable", False, _bool)
         if kind == "http" and writable:
             raise ConfigError(file, t.key("writable"), "an http container is read-only: outputs go to "
-                                                       "a file or s3 container")
+                                                       "a file, s3, gcs or azure container")
         if kind == "file":
             root = t.require("root", _path(base))
             containers[name] = ContainerConfig(name=name, kind=kind, root=root, writable=writable,
                                                overwrite=t.get("overwrite", True, _bool))
-        elif kind == "s3":
-            opts: dict[str, Any] = {
-                "bucket": t.get("bucket", None, _str),
+        elif kind in CLOUD_KINDS:
+            opts = {
                 "prefix": t.get("prefix", "", _str),
-                "region": t.get("region", "us-east-1", _str),
                 "endpoint_url": t.get("endpoint_url", None, _url),
                 "range_size": t.get("range_size", 8 * 1024 * 1024, _size(1)),
                 "timeout_s": t.get("timeout", 30.0, _duration(True)),
                 **_bounds(t),
+                **_cloud_keys(kind, t),
             }
             containers[name] = ContainerConfig(
                 name=name, kind=kind, options=opts, writable=writable, overwrite=t.get("overwrite", True, _bool),

@@ -24,4 +24,10 @@ def build_container(cfg: ContainerConfig, executor: Executor | None = None, *, f
     if cfg.kind == "s3":
         from chunkd.sources.s3 import build_s3
         return build_s3(cfg.name, cfg.options)
+    if cfg.kind == "gcs":
+        from chunkd.sources.gcs import build_gcs
+        return build_gcs(cfg.name, cfg.options)
+    if cfg.kind == "azure":
+        from chunkd.sources.azure import build_azure
+        return build_azure(cfg.name, cfg.options)
     raise SourceError(f"unknown container kind {cfg.kind!r}")
