@@ -181,8 +181,11 @@ def cmd_check(config: Config) -> int:
         if c.kind == "file" and c.root is not None and not Path(c.root).is_dir():
             print(f"container {name}: root {c.root} is not a directory")
             problems += 1
-        elif c.kind == "s3" and not c.options.get("bucket"):
-            print(f"container {name}: s3 container has no bucket: every open will fail")
+        elif c.kind in ("s3", "gcs") and not c.options.get("bucket"):
+            print(f"container {name}: {c.kind} container has no bucket: every open will fail")
+            problems += 1
+        elif c.kind == "azure" and not c.options.get("container_name"):
+            print(f"container {name}: azure container has no container_name: every open will fail")
             problems += 1
         elif c.kind == "http" and not c.options.get("base_url"):
             print(f"container {name}: http container has no base_url: every open will fail")

@@ -2,7 +2,7 @@
 
 `sink_container` turns a writable container's config and its (read) source
 container into the WritableContainer outputs are created in; it shares the
-source's confinement rules, executor (file) and client (s3).
+source's confinement rules, executor (file) and client (s3) or session (gcs, azure).
 """
 from __future__ import annotations
 
@@ -31,4 +31,14 @@ def sink_container(name: str, cfg: ContainerConfig, source: Container, *,
         from chunkd.sources.s3 import S3Container
         if isinstance(source, S3Container):
             return S3SinkContainer(name, source, part_size=cfg.part_size)
+    elif cfg.kind == "gcs":
+        from chunkd.sinks.gcs import GcsSinkContainer
+        from chunkd.sources.gcs import GcsContainer
+        if isinstance(source, GcsContainer):
+            return GcsSinkContainer(name, source, part_size=cfg.part_size)
+    elif cfg.kind == "azure":
+        from chunkd.sinks.azure import AzureSinkContainer
+        from chunkd.sources.azure import AzureContainer
+        if isinstance(source, AzureContainer):
+            return AzureSinkContainer(name, source, part_size=cfg.part_size)
     raise SinkError(f"container {name!r} ({cfg.kind}) cannot be written to")
