@@ -109,7 +109,8 @@ class Origin:
 class FaultProxy:
     """Forwards to `upstream`; each queued fault applies to one GET that carries a Range:
     "503", "429", "slowdown" (an S3 503 SlowDown body), "drop" (half the body, then the
-    connection is cut), "trickle" (the headers at once, then the body a byte every 0.2 s)."""
+    connection is cut), "trickle" (the headers at once, then the body a byte every 0.2 s),
+    "hang" (no answer at all until the proxy stops, or 120 s)."""
 
     upstream: str
     faults: collections.deque[str] = field(default_factory=collections.deque)
@@ -117,11 +118,17 @@ class FaultProxy:
     runner: web.AppRunner | None = None
     session: ClientSession | None = None
     port: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
         fault = self.faults.popleft() if (self.faults and request.method == "GET"
                                           and "Range" in request.headers) else None
+        if fault == "hang":
+            self.injected.append(fault)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.released.wait(), 120)
+            return web.Response(status=503)
         if fault in ("503", "429"):
             self.injected.append(fault)
             return web.Response(status=int(fault), headers={"Retry-After": "0"})
@@ -175,6 +182,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        self.released.set()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
