@@ -730,3 +730,19 @@ async def test_service_account_credentials(gcs_url: str, tmp_path: Path) -> None
         await proxy.stop()
         await tokens.stop()
     assert all(s not in t for s in secrets for t in texts), texts
+
+
+async def test_staging_folders_are_confined_and_distinct(gw: GcsSinkContainer) -> None:
+    """One folder per (job, attempt, name) under <prefix>/.chunkd-out/; a job id or attempt
+    that is not a plain segment is hashed, so it cannot climb out or collide with a name."""
+    base = gw.source.staging_prefix()
+    assert base == gw.source.prefix + "/.chunkd-out/"
+    folders = {gw.staging_for(n, j, a) for n, j, a in [("x", "j1", 1), ("x", "j1", 2), ("y", "j1", 1),
+                                                       ("x", "j2", 1), ("x", "../..", 1), ("x", "a/b", 1)]}
+    assert len(folders) == 6
+    for f in folders:
+        assert f.startswith(base) and f.endswith("/") and f.count("/") == base.count("/") + 3
+        assert ".." not in f[len(base):].split("/")
+    sink = await gw.create("x", job_id="../..", attempt=1, overwrite=True)
+    assert isinstance(sink, GcsSink) and sink.token()["staging"] == gw.staging_for("x", "../..", 1)
+    await sink.abort()
