@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, TypeVar
 from chunkd.errors import SourceError
 
 T = TypeVar("T")
-READ_PIECE = 64 * 1024
+READ_PIECE = 1024 * 1024  # at most this much per read call: a piece is what a window counts
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class Transfer:
             window_end = self._window_start + self.bounds.low_speed_time_s
             wait = max(0.0, min(self.deadline, window_end) - now)
             try:
-                part = await asyncio.wait_for(read(n), timeout=wait)
+                async with asyncio.timeout(wait):  # no task per read, unlike wait_for
+                    part = await read(n)
             except asyncio.TimeoutError:
                 self._check_rate(self._clock())  # raises when too slow; else a new window
                 continue
@@ -110,4 +111,4 @@ class Transfer:
                 break
             parts.append(part)
             got += len(part)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
