@@ -62,9 +62,9 @@ def _process(args: list[str], ready_url: str) -> Iterator[None]:
             _wait_http(ready_url, proc, log)
             yield
         finally:
-            proc.terminate()
+            proc.terminate()  # Azurite ignores SIGTERM: a short wait, then SIGKILL (in-memory stores)
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
