@@ -2,7 +2,6 @@
 from it, and chunkd nodes configured for cluster mode."""
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -14,13 +13,19 @@ from typing import Any
 from tests.service_support import Server, free_port, wait_for
 
 
+_NATS_SERVER: str | None = None
+
+
 def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
-    if found is None:
+    """A current nats-server, built by scripts/install-nats-server (go install) into
+    ~/.cache/chunkd/bin; CHUNKD_NATS_SERVER names another (e.g. Debian's 2.9.10)."""
+    global _NATS_SERVER
+    if _NATS_SERVER is None:
         root = Path(__file__).resolve().parent.parent
-        subprocess.run([str(root / "scripts" / "install-nats-server")], check=True)
-        found = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    return found
+        out = subprocess.run([str(root / "scripts" / "install-nats-server")], check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()
+        _NATS_SERVER = out[-1]
+    return _NATS_SERVER
 
 
 @dataclass
