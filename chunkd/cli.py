@@ -190,6 +190,13 @@ def cmd_check(config: Config) -> int:
         elif c.kind == "http" and not c.options.get("base_url"):
             print(f"container {name}: http container has no base_url: every open will fail")
             problems += 1
+        elif c.kind in ("gcs", "azure"):  # its credentials must load (a file, a key's encoding)
+            from chunkd.sources import build_container
+            try:
+                build_container(c)
+            except ChunkdError as e:
+                print(f"container {name}: {e}")
+                problems += 1
     engine = make_engine(config.daemon.cache_dir or config.daemon.state_dir / "cache")
     for name, comp in config.components.items():
         try:

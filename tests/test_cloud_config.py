@@ -116,3 +116,30 @@ def test_the_examples_in_docs_config_md_load(tmp_path: Path, monkeypatch: pytest
         p.write_text(b)
         cfg = load_config(p)
         assert {c.kind for c in cfg.containers.values()} >= {"s3", "gcs", "azure"}
+
+
+def test_check_names_cloud_credentials_that_cannot_load(tmp_path: Path, guests: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from chunkd.cli import main
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[daemon]
+state_dir = "{tmp_path / 'st'}"
+[containers.az]
+kind = "azure"
+account = "x"
+container_name = "c"
+account_key = "not base64 !!"
+[containers.g]
+kind = "gcs"
+bucket = "b"
+credentials_file = "{tmp_path / 'missing.json'}"
+[components.p]
+path = "{guests['sha256']}"
+""")
+    code = main(["check", "-c", str(cfg)])
+    out = capsys.readouterr().out
+    assert code != 0 and "2 problem(s)" in out, out
+    assert "container az: container 'az': the account key is not base64" in out
+    assert "container g:" in out and "cannot read the GCS credentials file" in out
+    assert "not base64 !!" not in out
