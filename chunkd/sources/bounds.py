@@ -101,14 +101,32 @@ class Transfer:
                 raise self._cut(f"took longer than its deadline of {self.deadline - self.started:.3g}s")
             return part
 
-    async def body(self, read: Callable[[int], Awaitable[bytes]], length: int) -> bytes:
-        """Up to `length` bytes, read piece by piece (fewer only when the body ends)."""
+    def _take(self, part: bytes) -> None:
+        """Count bytes that were already buffered (read without waiting) in the window."""
+        now = self._clock()
+        if now >= self.deadline:
+            raise self._cut(f"took longer than its deadline of {self.deadline - self.started:.3g}s "
+                            f"({self.received} bytes received)")
+        self._window_bytes += len(part)
+        self.received += len(part)
+        self._check_rate(now)
+
+    async def body(self, read: Callable[[int], Awaitable[bytes]], length: int,
+                   read_nowait: Callable[[int], bytes] | None = None) -> bytes:
+        """Up to `length` bytes, read piece by piece (fewer only when the body ends).
+        `read_nowait` (aiohttp's StreamReader.read_nowait) takes what is buffered already
+        without a timer per piece; the bounds count those bytes all the same."""
         parts: list[bytes] = []
         got = 0
         while got < length:
-            part = await self.read(read, min(READ_PIECE, length - got))
-            if not part:
-                break
+            want = min(READ_PIECE, length - got)
+            part = read_nowait(want) if read_nowait is not None else b""
+            if part:
+                self._take(part)
+            else:
+                part = await self.read(read, want)
+                if not part:
+                    break
             parts.append(part)
             got += len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -117,7 +117,7 @@ class HttpBlob:
                 cl = resp.headers.get("Content-Length", "")
                 if cl.isdigit() and int(cl) != length:
                     raise SourceError(f"{what}: the server answered {cl} bytes")
-                data = await t.body(resp.content.read, length)
+                data = await t.body(resp.content.read, length, resp.content.read_nowait)
                 if len(data) != length:
                     raise SourceError(f"{what}: body ended after {len(data)} bytes", transient=True)
             finally:
@@ -168,7 +168,7 @@ class HttpBlob:
         what = f"{self.label} bytes from {offset}"
         t = Transfer(self._c.bounds, length, what)
         try:
-            data = await t.body(self._resp.content.read, length)
+            data = await t.body(self._resp.content.read, length, self._resp.content.read_nowait)
         except SourceError:
             await self._drop_stream()  # the retry opens a new stream and skips to the offset
             raise

@@ -89,7 +89,7 @@ class RestBlob:
                         raise SourceError(f"{what}: bad Content-Range {resp.headers.get('Content-Range')!r}")
                     if m.group(3) != "*" and int(m.group(3)) != self._size:
                         raise SourceError(f"{what}: the blob changed size ({m.group(3)} != {self._size})")
-                data = await t.body(resp.content.read, length)
+                data = await t.body(resp.content.read, length, resp.content.read_nowait)
                 if len(data) != length:
                     raise SourceError(f"{what}: body ended after {len(data)} bytes", transient=True)
             finally:
