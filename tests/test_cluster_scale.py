@@ -180,7 +180,7 @@ def test_status_and_lists_read_the_index_not_the_bucket(
                        "attempts": 1, "created_at": now - 1000 + i, "started_at": now - 1000 + i,
                        "ended_at": now - 999 + i, "invoke_ok": True, "invoke_result": None, "error": None,
                        "streams": [], "output": [], "outputs": []}
-                await kv.put(rec["id"], json.dumps(rec).encode())
+                await kv.put(f"seed{i:04d}", json.dumps(rec).encode())
         finally:
             await nc.close()
     asyncio.run(seed())
