@@ -94,8 +94,8 @@ REQUEST_TIMEOUT_S = 2.0
 
 
 CONNECT_DEADLINE_S = 15.0  # the first connection to NATS, every server and retry included
-PURGES_PER_ROUND = 1000  # expired records purged per reaper round, at most
-MARKER_KEEP_S = 300.0  # a purge marker stays this long (watchers see the removal), then it is removed
+PURGES_PER_ROUND = 5000  # expired records purged per reaper round, at most
+MARKER_KEEP_S = 30.0  # a purge marker stays this long (live watchers see it at once), then it is removed
 FINISH_WAIT_S = 3 * REQUEST_TIMEOUT_S  # drain and close wait this long for final writes under way
 # Test-only fault points (docs/testing.md): "kill-after-final-write" makes the node SIGKILL
 # itself between a job's final record and its ack; "slow-final-write" waits 3 s before the
@@ -507,9 +507,10 @@ class Cluster:
         MARKER_KEEP_S. Running and queued records are never touched. Every node may do
         it; a purge is idempotent."""
         purged = 0
-        for key in self.index.expired(time.time() - retention_s, PURGES_PER_ROUND):
-            await self.kv.purge(key)
-            purged += 1
+        keys = self.index.expired(time.time() - retention_s, PURGES_PER_ROUND)
+        for at in range(0, len(keys), 64):  # 64 purges in flight at a time
+            await asyncio.gather(*(self.kv.purge(k) for k in keys[at:at + 64]))
+            purged += len(keys[at:at + 64])
         cutoff = time.monotonic() - MARKER_KEEP_S
         while self._markers and self._markers[0][0] < cutoff:
             _, key = self._markers.popleft()
