@@ -23,7 +23,7 @@ from aiohttp import web
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.errors import ClusterUnavailable, NotAccepting, QueueFull, UnknownComponent
 from chunkd.runtime import Runtime
-from chunkd.status import Rates, snapshot
+from chunkd.status import Rates, SharedSnapshot
 
 log = structlog.get_logger("chunkd.api")
 
@@ -47,6 +47,7 @@ class EventClients:
 
 
 EVENTS = web.AppKey("events", EventClients)
+SNAPSHOTS = web.AppKey("snapshots", SharedSnapshot)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -61,6 +62,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if e.content_type == "application/json":
             raise
         return _error(e.status, e.reason if e.status != 413 else "request body too large")
+    except ClusterUnavailable as e:  # the job store could not be read: say so, never a wrong answer
+        return _error(503, str(e))
     except Exception as e:  # a bug: answer 500 and keep serving
         log.exception("api_error", path=request.path)
         return _error(500, f"internal error: {type(e).__name__}")
@@ -168,8 +171,12 @@ async def ui_file(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=ctype, charset="utf-8", headers={"Cache-Control": "no-cache"})
 
 
+SNAPSHOT_TICK_S = 0.2  # the status page's shortest interval: one snapshot per tick for everyone
+
+
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(Rates().annotate(await snapshot(request.app[RUNTIME])))
+    return web.json_response(Rates().annotate(await request.app[SNAPSHOTS].get(request.app[RUNTIME],
+                                                                                SNAPSHOT_TICK_S)))
 
 
 async def status_events(request: web.Request) -> web.StreamResponse:
@@ -196,7 +203,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
         await resp.write(b"retry: 2000\n\n")
         rates = Rates()
         while not closing.is_set():
-            snap = rates.annotate(await snapshot(rt))
+            snap = rates.annotate(await request.app[SNAPSHOTS].get(rt, SNAPSHOT_TICK_S))
             await resp.write(b"event: status\ndata: " + json.dumps(snap).encode() + b"\n\n")
             try:
                 await asyncio.wait_for(closing.wait(), interval)
@@ -223,6 +230,7 @@ def make_app(runtime: Runtime, *, token: str = "", max_request_bytes: int = 64 *
     app[RUNTIME] = runtime
     app[TOKEN] = token
     app[EVENTS] = EventClients()
+    app[SNAPSHOTS] = SharedSnapshot()
     app.on_shutdown.append(_end_event_streams)
     for path in UI_FILES:
         app.router.add_get(path, ui_file)

@@ -3,6 +3,8 @@ store) or in the cluster (NATS JetStream). The Runtime talks to one JobBackend a
 no branch on the mode."""
 from __future__ import annotations
 
+import collections
+import heapq
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from chunkd.jobs import Job
@@ -21,7 +23,13 @@ class JobBackend(Protocol):
 
     async def summary(self, job_id: str) -> JobSummary | None: ...
 
-    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]: ...
+    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
+        """The newest `limit` jobs (of `state`), newest first: costs O(limit), not O(jobs ever)."""
+        ...
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (component, state): from the structure that holds them."""
+        ...
 
     async def cancel(self, job_id: str) -> JobSummary | None:
         """Operator cancel; the job's summary as it was asked (None: no such job)."""
@@ -51,13 +59,22 @@ class LocalJobs:
         return None if job is None else job_summary(job)
 
     async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        live: dict[str, JobSummary] = {j.id: job_summary(j) for j in self.runner.jobs.values()
-                                       if state is None or j.state == state}
-        if self.store is not None:
+        """Jobs in memory (unfinished, and the few finished ones kept) and the store's newest
+        (an index on created_at): the top `limit` of each, merged."""
+        mem = [j for j in self.runner.jobs.values() if state is None or j.state == state]
+        live = {j.id: job_summary(j) for j in heapq.nlargest(limit, mem, key=lambda j: j.created_at)}
+        if self.store is not None and (state is None or state in FINAL):
             for rec in await self.store.recent(limit, state):
                 if rec["id"] not in live:
                     live[rec["id"]] = summary_from_record(rec)
         return sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = collections.Counter()
+        for j in self.runner.jobs.values():
+            if j.state in ("running", "queued"):
+                out[(j.component, str(j.state))] += 1
+        return dict(out)
 
     async def cancel(self, job_id: str) -> JobSummary | None:
         job = await self.runner.get_job(job_id)
@@ -95,6 +112,9 @@ class ClusterJobs:
 
     async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
         return await self.cluster.summaries(limit, state)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return self.cluster.counts()
 
     async def cancel(self, job_id: str) -> JobSummary | None:
         got = await self.cluster.summary(job_id)

@@ -18,11 +18,24 @@
 - Cancel from any node: the record is marked (`cancel_requested`, or
   `cancelled` for a job still queued) and `chunkd.cancel` is published; the
   running node cancels at once (and sees the mark at its next heartbeat too).
+- Reads never scan the bucket: each node keeps a JobIndex (jobindex.py) from a
+  watch of the KV bucket, and answers lists, counts and the status page from
+  it in O(limit). Until the index is loaded (or while it is rebuilt after the
+  watch or NATS broke) reads answer 503, never an empty or partial list.
+- Retention: the reaper purges finished records older than
+  `daemon.job_retention` (oldest first, from the index), and removes the purge
+  markers after MARKER_KEEP_S: the bucket holds the jobs of one retention
+  window, plus a few minutes of markers.
+- The end of a job is one shielded step, final record then ack; a redelivered
+  message whose record is already final is acked without running again.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import os
+import signal
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
@@ -36,10 +49,11 @@ from nats.js.api import (
     RetentionPolicy,
     StreamConfig,
 )
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from chunkd.config import ClusterConfig
 from chunkd.errors import ChunkdError, ClusterUnavailable, QueueFull
+from chunkd.jobindex import IndexNotReady, JobIndex
 from chunkd.jobs import FINAL_STATES, Job, JobState
 from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope
@@ -80,6 +94,13 @@ REQUEST_TIMEOUT_S = 2.0
 
 
 CONNECT_DEADLINE_S = 15.0  # the first connection to NATS, every server and retry included
+PURGES_PER_ROUND = 5000  # expired records purged per reaper round, at most
+MARKER_KEEP_S = 30.0  # a purge marker stays this long (live watchers see it at once), then it is removed
+FINISH_WAIT_S = 3 * REQUEST_TIMEOUT_S  # drain and close wait this long for final writes under way
+# Test-only fault points (docs/testing.md): "kill-after-final-write" makes the node SIGKILL
+# itself between a job's final record and its ack; "slow-final-write" waits 3 s before the
+# final record (time for a drain to interrupt it).
+FAULT = os.environ.get("CHUNKD_FAULT", "")
 
 
 def subject(component: str) -> str:
@@ -97,8 +118,12 @@ class Cluster:
         self.kv: Any = None
         self.connected = False
         self.pulling = True
-        self._scope = TaskScope("cluster")  # pullers, job runs, the reaper
+        self._scope = TaskScope("cluster")  # pullers, job runs, final writes, the reaper, the watch
         self._intake = asyncio.Lock()  # one submission at a time checks the queue and publishes
+        self.index = JobIndex()
+        self._rewatch = asyncio.Event()  # set on reconnect: the watch starts over
+        self._index_loaded = asyncio.Event()  # the first full load of the index
+        self._markers: collections.deque[tuple[float, str]] = collections.deque()  # (seen at, key) of purges
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -112,10 +137,12 @@ class Cluster:
 
         async def disconnected() -> None:
             self.connected = False
+            self.index.clear("NATS disconnected")
             log.warning("nats_disconnected", node=self.node)
 
         async def reconnected() -> None:
             self.connected = True
+            self._rewatch.set()
             log.info("nats_reconnected", node=self.node)
 
         errors: list[str] = []
@@ -161,6 +188,11 @@ class Cluster:
         # before this node takes a job: settle what its own dead attempts left (its ledger),
         # rolling a commit forward only while the job's record still has that attempt as latest
         await self.rt.settle_outputs(self._may_roll_forward)
+        self._scope.spawn(self._watch(), name="watch")
+        try:  # answer reads from a loaded index (until then they are 503s, never partial)
+            await asyncio.wait_for(self._index_loaded.wait(), CONNECT_DEADLINE_S)
+        except asyncio.TimeoutError:
+            log.warning("job_index_not_loaded", node=self.node, waited_s=CONNECT_DEADLINE_S)
         for name in self.rt.pools:
             self._scope.spawn(self._pull(name), name=f"pull-{name}")
         self._scope.spawn(self._reaper(), name="reaper")
@@ -180,10 +212,19 @@ class Cluster:
         if runs:
             _, pending = await asyncio.wait(runs, timeout=grace_s)
             left = len(pending)
+        await self._finishes()
         await self._scope.close()
         return before - left, left
 
+    async def _finishes(self) -> None:
+        """Let final writes under way end (each is two bounded requests): a job that ended is
+        recorded and acked, even when its run is interrupted by a drain."""
+        fins = [t for t in self._scope.tasks if t.get_name().startswith("chunkd:finish-")]
+        if fins:
+            await asyncio.wait(fins, timeout=FINISH_WAIT_S)
+
     async def close(self) -> None:
+        await self._finishes()
         await self._scope.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
@@ -268,25 +309,49 @@ class Cluster:
                 raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
         log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, node=self.node)
 
+    async def _read(self, job_id: str) -> dict[str, Any] | None:
+        """A record by id: the index's copy when it holds one whole, else a KV GET.
+        NATS failing is ClusterUnavailable (the API says 503), never "no such job"."""
+        rec = self.index.cached(job_id) if self.index.ready else None
+        if rec is not None:
+            return rec
+        try:
+            got = await self._get(job_id)
+        except Exception as e:
+            raise ClusterUnavailable(f"NATS did not answer for job {job_id}: {e or type(e).__name__}") from None
+        return None if got is None else got[0]
+
     async def summary(self, job_id: str) -> JobSummary | None:
         local = self.rt.runner.jobs.get(job_id)
         if local is not None and local.state == JobState.RUNNING and not local.fenced:
             return job_summary(local)  # live, not a second old
-        got = await self._get(job_id)
-        return None if got is None else summary_from_record(got[0])
+        rec = await self._read(job_id)
+        return None if rec is None else summary_from_record(rec)
 
     async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        try:
-            keys = await self.kv.keys()
-        except Exception:  # no keys yet
-            return []
+        """The newest `limit` jobs (of `state`), from this node's index: O(limit) reads,
+        at most `limit` GETs for records the index does not hold whole. Raises
+        ClusterUnavailable (IndexNotReady) rather than answer from a partial index."""
+        ids = self.index.newest(limit, state)
         out: list[JobSummary] = []
-        for k in keys:
-            s = await self.summary(k)
+        sem = asyncio.Semaphore(16)
+
+        async def one(jid: str) -> JobSummary | None:
+            async with sem:
+                return await self.summary(jid)
+        for s in await asyncio.gather(*(one(j) for j in ids)):
             if s is not None and (state is None or s["state"] == state):
                 out.append(s)
         out.sort(key=lambda j: j["created_at"], reverse=True)
         return out[:limit]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (component, state) for the unfinished states, from the index."""
+        out: dict[tuple[str, str], int] = {}
+        for comp in self.rt.pools:
+            for st in (str(JobState.RUNNING), str(JobState.QUEUED)):
+                out[(comp, st)] = self.index.count(st, comp)
+        return out
 
     async def cancel(self, job_id: str) -> JobSummary | None:
         def mark(rec: dict[str, Any]) -> bool:
@@ -355,9 +420,10 @@ class Cluster:
                     raise
                 log.warning("claim_failed", error=str(e))
                 return
-            if claimed is None:  # gone, finished, or cancelled while queued
+            if claimed is None:  # gone, finished, or cancelled while queued: acked, not run
                 pool.give_back(inst)
                 await self._ack(msg)
+                log.info("job_message_acked_unrun", attempt=attempt)
                 return
             job, rev = claimed
             hb = asyncio.get_running_loop().create_task(self._heartbeat(msg, job, rev), name=f"chunkd:hb-{job_id}")
@@ -368,21 +434,35 @@ class Cluster:
                 await asyncio.gather(hb, return_exceptions=True)
             if job.fenced or not job.finished:
                 return  # not acked: JetStream runs it again, here or elsewhere
+            # the final record and the ack are one step: a cancel (a drain) cannot split them
+            await asyncio.shield(self._scope.spawn(self._finish(msg, job), name=f"finish-{job_id}"))
+
+    async def _finish(self, msg: Any, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=job.id, node=self.node):
+            if FAULT == "slow-final-write":
+                log.info("final_write_delayed")
+                await asyncio.sleep(3.0)
             try:
-                await self._merge(job_id, lambda rec: rec.update(job.record(), node=self.node,
+                await self._merge(job.id, lambda rec: rec.update(job.record(), node=self.node,
                                                                  lease_until=None) or True)
-                await self._ack(msg)
             except Exception as e:  # not acked: it runs again (at least once)
                 log.error("final_state_not_written", error=str(e))
+                return
+            if FAULT == "kill-after-final-write":
+                os.kill(os.getpid(), signal.SIGKILL)
+            await self._ack(msg)
 
     async def _reaper(self) -> None:
-        """Every node, every 2 heartbeats: end the records no node will ever finish."""
+        """Every node, every 2 heartbeats: end the records no node will ever finish, purge
+        the records past retention, remove old purge markers. Each costs what it touches
+        (the running jobs; the expired ones), never a scan of the bucket."""
         while self.pulling:
             await asyncio.sleep(2 * self.cfg.heartbeat_s)
-            if not self.connected:
+            if not self.connected or not self.index.ready:
                 continue
             try:
                 await self.reap()
+                await self.expire(self.rt.config.daemon.job_retention_s)
             except Exception as e:  # NATS away for a moment: next round
                 log.warning("reap_failed", error=str(e))
 
@@ -392,13 +472,13 @@ class Cluster:
         by JetStream (max_deliver) nor finished by its node (which fenced itself when its
         lease ran out): it ends `failed` with the reason. Earlier attempts are left to
         JetStream's redelivery. Compare-and-set, so nodes reaping at once agree."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return 0
         now = time.time()
         reaped = 0
-        for key in keys:
+        for seen in self.index.unfinished(str(JobState.RUNNING)):
+            lease = seen.get("lease_until")
+            if lease is None or lease + self.cfg.heartbeat_s > now or int(seen.get("attempts") or 0) < self.max_attempts:
+                continue
+            key = str(seen["id"])
             got = await self._get(key)
             if got is None:
                 continue
@@ -420,6 +500,72 @@ class Cluster:
             self.rt.metrics.jobs.labels(str(JobState.FAILED)).inc()
             log.warning("job_reaped", job_id=key, reason=reason, reaped_by=self.node)
         return reaped
+
+    async def expire(self, retention_s: float) -> int:
+        """Retention: purge finished records that ended more than `retention_s` ago (oldest
+        first, PURGES_PER_ROUND at most), and remove purge markers older than
+        MARKER_KEEP_S. Running and queued records are never touched. Every node may do
+        it; a purge is idempotent."""
+        purged = 0
+        keys = self.index.expired(time.time() - retention_s, PURGES_PER_ROUND)
+        for at in range(0, len(keys), 64):  # 64 purges in flight at a time
+            await asyncio.gather(*(self.kv.purge(k) for k in keys[at:at + 64]))
+            purged += len(keys[at:at + 64])
+        cutoff = time.monotonic() - MARKER_KEEP_S
+        while self._markers and self._markers[0][0] < cutoff:
+            _, key = self._markers.popleft()
+            if self.index.state_of(key) is None:  # still gone (not written again since)
+                await self.js.purge_stream(self.kv._stream, subject=f"$KV.{self.cfg.kv_bucket}.{key}")
+        if purged:
+            log.info("jobs_expired", count=purged, node=self.node)
+        return purged
+
+    async def _watch(self) -> None:
+        """Keep self.index in step with the bucket: a watch of every key, loaded whole
+        before the index answers; started over after NATS reconnects or the watch fails."""
+        delay = 0.5
+        while True:
+            self._rewatch.clear()
+            self.index.clear("loading")
+            watcher = None
+            try:
+                watcher = await self.kv.watchall()
+                async for entry in self._updates(watcher):
+                    if entry is None:
+                        self.index.mark_ready()
+                        self._index_loaded.set()
+                        delay = 0.5
+                        log.info("job_index_ready", jobs=len(self.index), node=self.node)
+                        continue
+                    if entry.operation in ("DEL", "PURGE"):
+                        self.index.remove(entry.key)
+                        self._markers.append((time.monotonic(), entry.key))
+                    else:
+                        self.index.put_raw(entry.key, entry.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.index.clear(f"the watch failed: {e or type(e).__name__}")
+                log.warning("job_index_watch_failed", error=str(e), retry_in_s=delay)
+            finally:
+                if watcher is not None:
+                    try:
+                        await asyncio.wait_for(watcher.stop(), REQUEST_TIMEOUT_S)
+                    except Exception:
+                        pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _updates(self, watcher: Any) -> Any:
+        """The watcher's entries until a reconnect asks for a new watch."""
+        while not self._rewatch.is_set():
+            try:
+                entry = await watcher.updates(timeout=1.0)
+            except Exception as e:
+                if type(e).__name__ == "TimeoutError":  # nats.errors.TimeoutError: nothing new
+                    continue
+                raise
+            yield entry
 
     async def _ack(self, msg: Any) -> None:
         try:

@@ -163,7 +163,13 @@ class Daemon:
                     log.info("jobs_pruned", count=n)
             except Exception:  # the store may be busy or broken now: try again next time
                 log.exception("prune_failed")
-            await asyncio.sleep(PRUNE_EVERY_S)
+            await asyncio.sleep(prune_interval(self.config.daemon.job_retention_s))
+
+
+def prune_interval(retention_s: float) -> float:
+    """How often pruning runs: a tenth of the retention, between 1 s and PRUNE_EVERY_S, so a
+    short retention means what it says (a job is gone within retention * 1.1)."""
+    return min(PRUNE_EVERY_S, max(1.0, retention_s / 10))
 
 
 async def _noop() -> None:

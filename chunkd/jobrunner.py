@@ -54,7 +54,11 @@ class RunnerHost(Protocol):
 
 log = structlog.get_logger("chunkd.jobrunner")
 
-MAX_FINISHED_IN_MEMORY = 1000
+# Finished jobs kept in memory: with a store (or in cluster mode, where the records are in
+# NATS) only the newest few, so memory does not grow with the jobs ever run; without a
+# store this is all the history there is.
+FINISHED_IN_MEMORY_STORED = 64
+FINISHED_IN_MEMORY_ALONE = 1000
 
 
 
@@ -365,6 +369,7 @@ class JobRunner:
     def _remember_finished(self, job: Job) -> None:
         self.jobs[job.id] = job
         self._finished[job.id] = None
-        while len(self._finished) > MAX_FINISHED_IN_MEMORY:
+        keep = FINISHED_IN_MEMORY_STORED if (self.store is not None or self.rt.config.cluster is not None) else FINISHED_IN_MEMORY_ALONE
+        while len(self._finished) > keep:
             old, _ = self._finished.popitem(last=False)
             self.jobs.pop(old, None)

@@ -202,6 +202,10 @@ class SqliteJobStore(SqliteOutputLedger):
             invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
             output TEXT NOT NULL DEFAULT '[]')""")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+        # lists are the newest N (of a state): an index each, so a list reads N rows, not the table
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs(state, created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended_at)")  # pruning
         super()._schema(db)
 
     async def save(self, record: dict[str, Any]) -> None:

@@ -278,6 +278,10 @@ class Runtime:
     async def job_summaries(self, limit: int, state: str | None) -> list[JobSummary]:
         return await self.backend.summaries(limit, state)
 
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (component, state), from the backend's own structure."""
+        return self.backend.counts()
+
     async def cancel_job(self, job_id: str) -> JobSummary | None:
         """Operator cancel; the job's summary as it was asked (None: no such job)."""
         return await self.backend.cancel(job_id)

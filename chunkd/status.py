@@ -8,6 +8,8 @@ rates (bytes/s, smoothed) and ETAs; the snapshot itself holds only counts.
 """
 from __future__ import annotations
 
+import asyncio
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,7 @@ async def snapshot(rt: "Runtime") -> dict[str, Any]:
     running = await rt.job_summaries(MAX_RUNNING_SHOWN, "running")
     queued = await rt.job_summaries(MAX_QUEUED_SHOWN, "queued")
     recent = [j for j in await rt.job_summaries(RECENT_SHOWN * 3, None) if j["state"] in FINAL_STATES]
+    counts = rt.job_counts()
     components = []
     for name, pool in sorted(rt.pools.items()):
         components.append({
@@ -49,8 +52,8 @@ async def snapshot(rt: "Runtime") -> dict[str, Any]:
             "instances": pool.cfg.instances,
             "bytes": int(rt.metrics.value("chunkd_bytes_delivered_total", component=name)),
             "chunks": int(rt.metrics.value("chunkd_chunks_delivered_total", component=name)),
-            "running": sum(1 for j in running if j["component"] == name),
-            "queued": sum(1 for j in queued if j["component"] == name),
+            "running": counts.get((name, "running"), 0),
+            "queued": counts.get((name, "queued"), 0),
         })
     return {
         "time": time.time(),
@@ -72,6 +75,27 @@ async def snapshot(rt: "Runtime") -> dict[str, Any]:
                     "outputs": [_output_view(dict(o)) for o in j.get("outputs") or []]}
                    for j in recent[:RECENT_SHOWN]],
     }
+
+
+class SharedSnapshot:
+    """One snapshot per tick for every reader: GET /v1/status and each status-page
+    listener get a copy of the same snapshot while it is younger than `max_age`, so N
+    listeners cost one snapshot per tick, not N. Concurrent misses wait for one build."""
+
+    def __init__(self) -> None:
+        self._snap: dict[str, Any] | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+        self.builds = 0
+
+    async def get(self, rt: "Runtime", max_age: float) -> dict[str, Any]:
+        if self._snap is None or time.monotonic() - self._at >= max_age:
+            async with self._lock:
+                if self._snap is None or time.monotonic() - self._at >= max_age:
+                    self._snap = await snapshot(rt)
+                    self._at = time.monotonic()
+                    self.builds += 1
+        return copy.deepcopy(self._snap)  # Rates.annotate writes into its copy
 
 
 @dataclass

@@ -144,7 +144,8 @@ class CuttableProxy:
 
 
 def node_config(tmp: Path, name: str, nats_url: str, guests: dict[str, Path], blobs: Path, cache: Path, *,
-                ack_wait: str = "6s", heartbeat: str = "1s", extra_components: str = "") -> tuple[Path, int]:
+                ack_wait: str = "6s", heartbeat: str = "1s", extra_components: str = "",
+                daemon_extra: str = "") -> tuple[Path, int]:
     port = free_port()
     cfg = tmp / f"{name}.toml"
     cfg.write_text(f"""
@@ -156,6 +157,7 @@ log_format = "json"
 watchdog = false
 max_attempts = 5
 shutdown_grace = "1s"
+{daemon_extra}
 [limits]
 call_timeout = "2s"
 [containers.local]
@@ -179,9 +181,9 @@ heartbeat = "{heartbeat}"
 
 
 def start_node(tmp: Path, name: str, nats_url: str, guests: dict[str, Path], blobs: Path, cache: Path,
-               **kw: str) -> Server:
+               env: dict[str, str] | None = None, **kw: str) -> Server:
     cfg, port = node_config(tmp, name, nats_url, guests, blobs, cache, **kw)
-    return Server(cfg, port, tmp / f"{name}.log").start()
+    return Server(cfg, port, tmp / f"{name}.log", env=dict(env or {})).start()
 
 
 def events(server: Server, name: str) -> list[dict[str, Any]]:

@@ -1,0 +1,171 @@
+"""Each cluster node's index of the job records, kept from a watch of the KV bucket.
+
+Every read of the API and the status page is answered from here in O(limit):
+- per state, the job ids sorted by creation time (bisect-insorted lists of
+  (created_at, id)); a list of the newest `limit` takes the tail of one list,
+  or merges the tails of all of them;
+- counts per state and per (component, state), kept as records change;
+- the full records of unfinished jobs (few: bounded by the queue limit and the
+  instances) and of the most recently changed finished ones (RECENT_RECORDS),
+  so most answers need no request at all; older records are fetched by id;
+- the finished jobs in order of their end, for retention.
+
+The index is `ready` once the watch delivered every record that existed when
+it started. Until then, and after the watch broke until it is rebuilt, reads
+raise IndexNotReady: an answer is never silently wrong (the API says 503).
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import heapq
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from chunkd.errors import ClusterUnavailable
+
+FINAL = frozenset({"completed", "failed", "cancelled"})
+RECENT_RECORDS = 512  # finished records kept whole (the status page's recent list and more)
+
+
+class IndexNotReady(ClusterUnavailable):
+    """The node's job index is loading or rebuilding: no answer rather than a wrong one."""
+
+
+@dataclass
+class _Entry:
+    state: str
+    created_at: float
+    component: str
+    ended_at: float | None
+
+    @property
+    def end_time(self) -> float:
+        return float(self.ended_at) if self.ended_at is not None else self.created_at
+
+
+class JobIndex:
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._by_state: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
+        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (component, state)
+        self._records: dict[str, dict[str, Any]] = {}  # unfinished jobs' records
+        self._recent: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._ended: list[tuple[float, str]] = []  # a heap of (ended_at, id) of finished jobs
+        self.ready = False
+        self.broken: str | None = "loading"
+
+    # --- maintenance (the watch) -----------------------------------------------------
+    def clear(self, why: str) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.broken = why
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        self.broken = None
+
+    def _drop(self, job_id: str) -> None:
+        e = self._entries.pop(job_id, None)
+        if e is None:
+            return
+        lst = self._by_state[e.state]
+        i = bisect.bisect_left(lst, (e.created_at, job_id))
+        if i < len(lst) and lst[i] == (e.created_at, job_id):
+            del lst[i]
+        self._counts[(e.component, e.state)] -= 1
+        if self._counts[(e.component, e.state)] <= 0:
+            del self._counts[(e.component, e.state)]
+        self._records.pop(job_id, None)
+        self._recent.pop(job_id, None)
+
+    def put(self, job_id: str, rec: dict[str, Any]) -> None:
+        """A record was written (the watch saw a PUT)."""
+        self._drop(job_id)
+        state = str(rec.get("state"))
+        e = _Entry(state=state, created_at=float(rec.get("created_at") or 0.0), component=str(rec.get("component")),
+                   ended_at=rec.get("ended_at"))
+        self._entries[job_id] = e
+        bisect.insort(self._by_state[state], (e.created_at, job_id))
+        self._counts[(e.component, state)] += 1
+        if state in FINAL:
+            self._recent[job_id] = rec
+            while len(self._recent) > RECENT_RECORDS:
+                self._recent.popitem(last=False)
+            heapq.heappush(self._ended, (e.end_time, job_id))
+        else:
+            self._records[job_id] = rec
+
+    def put_raw(self, job_id: str, value: bytes | None) -> None:
+        if not value:
+            self.remove(job_id)
+            return
+        try:
+            rec = json.loads(value)
+        except ValueError:
+            return  # not one of ours: not indexed
+        if isinstance(rec, dict):
+            self.put(job_id, rec)
+
+    def remove(self, job_id: str) -> None:
+        """A record was deleted or purged."""
+        self._drop(job_id)
+
+    # --- reads ---------------------------------------------------------------------------
+    def _check(self) -> None:
+        if not self.ready:
+            raise IndexNotReady(f"this node's job index is not ready ({self.broken or 'loading'}): try again")
+
+    def newest(self, limit: int, state: str | None) -> list[str]:
+        """The ids of the newest `limit` jobs (of `state`), newest first: O(limit)."""
+        self._check()
+        if limit <= 0:
+            return []
+        if state is not None:
+            lst = self._by_state.get(state, [])
+            return [jid for _, jid in reversed(lst[-limit:])]
+        tails: Iterable[Iterable[tuple[float, str]]] = [reversed(lst[-limit:]) for lst in self._by_state.values()]
+        merged = heapq.merge(*tails, reverse=True)
+        return [jid for _, jid in itertools.islice(merged, limit)]
+
+    def cached(self, job_id: str) -> dict[str, Any] | None:
+        """The record when this index holds it whole (unfinished, or recently finished)."""
+        return self._records.get(job_id) or self._recent.get(job_id)
+
+    def state_of(self, job_id: str) -> str | None:
+        e = self._entries.get(job_id)
+        return None if e is None else e.state
+
+    def count(self, state: str | None = None, component: str | None = None) -> int:
+        self._check()
+        return sum(n for (c, s), n in self._counts.items()
+                   if (state is None or s == state) and (component is None or c == component))
+
+    def unfinished(self, state: str) -> list[dict[str, Any]]:
+        """The records of every job in an unfinished state (running or queued)."""
+        self._check()
+        return [self._records[jid] for _, jid in self._by_state.get(state, []) if jid in self._records]
+
+    def expired(self, ended_before: float, most: int) -> list[str]:
+        """Finished jobs that ended before `ended_before` (at most `most`), oldest first.
+        Stale heap entries (a job since rewritten or removed) are dropped on the way."""
+        out: list[str] = []
+        seen: set[str] = set()
+        while self._ended and len(out) < most:
+            ended, jid = self._ended[0]
+            e = self._entries.get(jid)
+            if e is None or e.state not in FINAL or e.end_time != ended or jid in seen:
+                heapq.heappop(self._ended)  # stale, or a second entry of a record written twice
+                continue
+            seen.add(jid)
+            if ended >= ended_before:
+                break
+            heapq.heappop(self._ended)
+            out.append(jid)
+        for jid in out:  # kept until the watch sees the purge (a purge that failed is retried)
+            heapq.heappush(self._ended, (self._entries[jid].end_time, jid))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._entries)
