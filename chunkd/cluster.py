@@ -179,7 +179,8 @@ class Cluster:
             try:
                 self.kv = await self.js.key_value(c.kv_bucket)
             except NotFoundError:
-                self.kv = await self.js.create_key_value(KeyValueConfig(bucket=c.kv_bucket, history=16))
+                # one revision per job: compare-and-set needs the revision, not the history
+                self.kv = await self.js.create_key_value(KeyValueConfig(bucket=c.kv_bucket, history=1))
             await self.nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
         except Exception as e:
             await self.nc.close()

@@ -52,7 +52,9 @@ class JobIndex:
         self._by_state: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
         self._counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (component, state)
         self._records: dict[str, dict[str, Any]] = {}  # unfinished jobs' records
-        self._recent: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # the finished records with the newest created_at (what lists and the page show first)
+        self._recent: dict[str, dict[str, Any]] = {}
+        self._recent_heap: list[tuple[float, str]] = []  # min-heap of (created_at, id) of _recent
         self._ended: list[tuple[float, str]] = []  # a heap of (ended_at, id) of finished jobs
         self.ready = False
         self.broken: str | None = "loading"
@@ -90,12 +92,24 @@ class JobIndex:
         bisect.insort(self._by_state[state], (e.created_at, job_id))
         self._counts[(e.component, state)] += 1
         if state in FINAL:
-            self._recent[job_id] = rec
-            while len(self._recent) > RECENT_RECORDS:
-                self._recent.popitem(last=False)
+            self._keep_recent(job_id, e.created_at, rec)
             heapq.heappush(self._ended, (e.end_time, job_id))
         else:
             self._records[job_id] = rec
+
+    def _keep_recent(self, job_id: str, created_at: float, rec: dict[str, Any]) -> None:
+        """Keep the record whole if it is among the RECENT_RECORDS newest finished ones."""
+        heap = self._recent_heap
+        while heap and heap[0][1] not in self._recent:  # entries of records dropped since
+            heapq.heappop(heap)
+        if len(self._recent) >= RECENT_RECORDS:
+            if heap and created_at <= heap[0][0]:
+                return  # older than every record kept: fetched by id when asked
+            while len(self._recent) >= RECENT_RECORDS and heap:
+                _, old = heapq.heappop(heap)
+                self._recent.pop(old, None)
+        self._recent[job_id] = rec
+        heapq.heappush(heap, (created_at, job_id))
 
     def put_raw(self, job_id: str, value: bytes | None) -> None:
         if not value:

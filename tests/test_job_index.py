@@ -122,3 +122,17 @@ def test_pruning_runs_often_enough_for_the_retention() -> None:
     assert prune_interval(1.0) == 1.0
     assert prune_interval(30.0) == 3.0
     assert prune_interval(7 * 86400.0) == PRUNE_EVERY_S
+
+
+def test_the_records_kept_whole_are_the_newest_finished_ones() -> None:
+    import random
+    from chunkd.jobindex import RECENT_RECORDS
+    idx = JobIndex()
+    idx.mark_ready()
+    order = list(range(RECENT_RECORDS + 300))
+    random.Random(7).shuffle(order)
+    for i in order:  # written in any order: what is kept follows created_at, not the write order
+        idx.put(f"j{i:05d}", {"state": "completed", "created_at": float(i), "component": "a", "ended_at": i + 1.0})
+    kept = {j for j in (f"j{i:05d}" for i in range(RECENT_RECORDS + 300)) if idx.cached(j) is not None}
+    assert kept == {f"j{i:05d}" for i in range(300, RECENT_RECORDS + 300)}
+    assert all(idx.cached(j) is not None for j in idx.newest(50, None))
