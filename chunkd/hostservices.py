@@ -137,6 +137,8 @@ class RuntimeServices:
 
     def guest_output(self, inst: "InstanceBase", fd: str, line: str) -> None:
         job = inst.job
+        if fd == "stderr":
+            inst.stderr_tail.append(line[:500])
         logged = True
         if job is not None:
             seen = job.add_output(fd, line)

@@ -166,3 +166,21 @@ async def test_trap_in_stream_ended_loses_no_budget(harness, blobs: Path) -> Non
         assert h.runtime.budget.in_use == 0 and h.runtime.active_streams == 0
         again = await h.run("probe", ["open b local big.bin", "start b 65536 2"])
         assert again.state == COMPLETED
+
+
+async def test_a_traps_reason_carries_the_guests_last_stderr_lines(harness, blobs: Path) -> None:
+    """The probe raises RuntimeError("probe trap") in handle-chunk: componentize-py prints the
+    traceback to stderr and traps. The job's error says where it trapped, says "wasm trap"
+    at most once, and ends with the traceback's last lines, so the reason is in the error."""
+    make_blob(blobs, "a.bin", 50_000)
+    async with harness() as h:
+        job = await h.run("probe", ["open s local a.bin", "start s 10000 1", "trap 1 2"])
+        assert job.state == FAILED
+        err = job.error or ""
+        assert "trapped in probe#0" in err and err.count("wasm trap") <= 1, err
+        assert "the guest's last stderr lines:" in err and "RuntimeError: probe trap" in err, err
+        assert len(err) < 2500
+        # the next job on a fresh instance does not inherit this job's stderr
+        make_blob(blobs, "b.bin", 1000)
+        ok = await h.run("probe", ["open s local b.bin", "start s 1000 2"])
+        assert ok.state == COMPLETED, ok.error

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
 
+import re
+
 import structlog
 
 from chunkd.errors import ChunkdError, GuestTrap, SourceError
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from chunkd.sources.base import Blob
 
 log = structlog.get_logger("chunkd.instance")
+STDERR_TAIL_LINES = 8  # a trap's reason carries at most this many of the guest's last stderr lines ...
+STDERR_TAIL_CHARS = 1500  # ... and at most this many characters of them
+_ONE_TRAP_PREFIX = re.compile(r"^(?:wasm trap: )+")
 
 HOST_WAIT_LIMIT_S = 600.0
 MAX_OUTPUT_LINE = 64 * 1024
@@ -231,6 +236,9 @@ class InstanceBase:
         self.call_timeout_s = limits.call_timeout_s
         self.call_timeout_ticks = clock.ticks_for(self.call_timeout_s)
         self.broken: str | None = None
+        # the guest's last stderr lines in this job: a trap's reason carries them (a Python
+        # traceback, a Rust panic message are the usual explanation); reset per job
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         # shared by the instance thread and the loop; changed only through its methods
         self.streams = StreamTable()
@@ -403,7 +411,14 @@ class InstanceBase:
         elif e.kind == "broken":
             msg = f"instance {self.label} is broken: {self.broken or e.reason}"
         else:
-            msg = f"{what} trapped in {self.label}: {e.reason}"
+            reason = _ONE_TRAP_PREFIX.sub("wasm trap: ", e.reason)  # "wasm trap" said once
+            msg = f"{what} trapped in {self.label}: {reason}"
+            tail = [line for line in self.stderr_tail if line.strip()]
+            if tail:
+                said = " | ".join(tail)
+                if len(said) > STDERR_TAIL_CHARS:
+                    said = "..." + said[-STDERR_TAIL_CHARS:]
+                msg += f"; the guest's last stderr lines: {said}"
         self.broken = self.broken or msg
         return GuestTrap(msg, timeout=e.kind == "timeout")
 
