@@ -1,8 +1,9 @@
 """The engine chunkd shares across components (in the native host core), and its clock.
 
 The native Engine has the component model and epoch interruption on, keeps
-compiled code under `cache_dir` (serialized modules: a restart does not
-recompile), and advances its epoch every EPOCH_TICK_S on a thread of its own.
+compiled code under `cache_dir/native` (serialized modules: a restart does not
+recompile; pruned when an engine is made, by age and total size), and advances
+its epoch every EPOCH_TICK_S on a thread of its own.
 """
 from __future__ import annotations
 
@@ -15,6 +16,50 @@ from chunkd import _native
 log = structlog.get_logger("chunkd.engine")
 
 EPOCH_TICK_S = 0.01  # call_timeout resolution
+CACHE_MAX_BYTES = 2 * 1024 ** 3  # the compile cache is pruned to this size, newest entries kept ...
+CACHE_MAX_AGE_S = 30 * 86400.0  # ... and of entries written longer ago than this (a hit recompiles once)
+
+
+def prune_compile_cache(code: Path, *, max_bytes: int = CACHE_MAX_BYTES, max_age_s: float = CACHE_MAX_AGE_S,
+                        now: float | None = None) -> tuple[int, int]:
+    """Remove compiled entries (`*.cwasm`, and temp files a killed writer left) older than
+    `max_age_s`, then the oldest until the rest fit in `max_bytes`. A process that has an
+    entry mapped keeps it (unlinked files live on); one about to read it compiles again.
+    Returns (entries removed, bytes freed)."""
+    import re
+    import time
+    now = time.time() if now is None else now
+    entries = []
+    for p in code.iterdir():
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if re.search(r"\.tmp\d+$", p.name):  # a writer's temp file (load.rs): only a stale one goes
+            if now - st.st_mtime > 3600:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+            continue
+        if p.suffix == ".cwasm" and p.is_file():
+            entries.append((st.st_mtime, st.st_size, p))
+    entries.sort(reverse=True)  # newest first
+    removed = freed = 0
+    kept = 0
+    for mtime, size, p in entries:
+        if now - mtime > max_age_s or kept + size > max_bytes:
+            try:
+                p.unlink()
+                removed += 1
+                freed += size
+            except OSError:
+                pass
+        else:
+            kept += size
+    if removed:
+        log.info("compile_cache_pruned", removed=removed, freed_bytes=freed, kept_bytes=kept, cache_dir=str(code))
+    return removed, freed
 
 
 def make_engine(cache_dir: Path | None) -> _native.Engine:
@@ -24,6 +69,7 @@ def make_engine(cache_dir: Path | None) -> _native.Engine:
         try:
             code = cache_dir / "native"
             code.mkdir(parents=True, exist_ok=True)
+            prune_compile_cache(code)
         except OSError as e:
             log.warning("compile_cache_disabled", reason=str(e), cache_dir=str(cache_dir))
             code = None
