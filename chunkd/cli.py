@@ -6,7 +6,10 @@ import asyncio
 import gc
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -30,12 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkd", description="Host-paced chunked blob delivery into wasm components.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one job in-process and exit (no server needed)")
-    run.add_argument("-c", "--config", required=True, help="TOML config file")
+    run = sub.add_parser("run", help="run one job in-process and exit (no server needed)",
+                         description="chunkd run -c CONFIG COMPONENT [ARGS...], or without a config: "
+                                     "chunkd run --wasm GUEST.wasm --dir NAME=FOLDER [--out NAME=FOLDER] [ARGS...]")
+    run.add_argument("-c", "--config", help="TOML config file (or --wasm)")
+    run.add_argument("--wasm", help="run this guest with no config: the defaults, and the folders of --dir/--out")
+    run.add_argument("--dir", action="append", default=[], metavar="NAME=FOLDER",
+                     help="with --wasm: a read-only file container NAME on FOLDER (repeatable)")
+    run.add_argument("--out", action="append", default=[], metavar="NAME=FOLDER",
+                     help="with --wasm: a writable file container NAME on FOLDER, for outputs (repeatable)")
     run.add_argument("--json", action="store_true", help="print the job summary as JSON")
     run.add_argument("--log-format", choices=("json", "console"), help="override daemon.log_format (logs go to stderr)")
-    run.add_argument("component", help="component name from [components.NAME]")
+    run.add_argument("component", nargs="?", help="component name from [components.NAME] (with -c)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the component's invoke")
+
+    wit = sub.add_parser("wit", help="print the WIT package guests build against (or write it into a folder)")
+    wit.add_argument("--out", metavar="FOLDER", help="write FOLDER/streams.wit (e.g. a guest's wit/ folder)")
 
     check = sub.add_parser("check", help="validate the config and every component's world")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
@@ -72,6 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("submit", "status", "cancel"):
         return _client(args)
+    if args.command == "wit":
+        return cmd_wit(args.out)
+    if args.command == "run" and args.wasm:
+        return _run_wasm(args)
+    if args.command == "run" and (not args.config or not args.component):
+        print("chunkd run: give -c CONFIG COMPONENT [ARGS...], or --wasm GUEST.wasm --dir NAME=FOLDER [ARGS...]",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -91,6 +112,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging("console", "warning", stream=sys.stderr)
         return cmd_check(config)
     return EXIT_USAGE
+
+
+WIT_FILES = ("streams.wit",)
+
+
+def wit_dir() -> Path:
+    """The WIT package: beside the chunkd package (a checkout or an editable install), or
+    installed from the wheel next to it (site-packages/wit)."""
+    return Path(__file__).resolve().parent.parent / "wit"
+
+
+def cmd_wit(out: str | None) -> int:
+    src = wit_dir()
+    missing = [n for n in WIT_FILES if not (src / n).is_file()]
+    if missing:
+        print(f"chunkd wit: the WIT package is not installed ({src / missing[0]} is missing)", file=sys.stderr)
+        return EXIT_CONFIG
+    if out is None:
+        for n in WIT_FILES:
+            sys.stdout.write((src / n).read_text())
+        return EXIT_OK
+    dest = Path(out)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for n in WIT_FILES:
+            (dest / n).write_text((src / n).read_text())
+    except OSError as e:
+        print(f"chunkd wit: cannot write {dest}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {', '.join(str(dest / n) for n in WIT_FILES)} (package chunkd:streams)")
+    return EXIT_OK
+
+
+def _run_wasm(args: argparse.Namespace) -> int:
+    """`chunkd run --wasm GUEST --dir NAME=FOLDER ... [ARGS...]`: one job with the defaults and
+    no config file. The compiled guest is cached in ~/.cache/chunkd/compile (bounded, as
+    every compile cache), so a second run starts at once; nothing else is written."""
+    from chunkd.config import config_from_mapping
+
+    containers: dict[str, dict[str, Any]] = {}
+    for flag, writable in (("dir", False), ("out", True)):
+        for spec in getattr(args, flag):
+            name, sep, folder = spec.partition("=")
+            if not sep or not name or not folder:
+                print(f"chunkd run: --{flag} wants NAME=FOLDER, got {spec!r}", file=sys.stderr)
+                return EXIT_USAGE
+            if name in containers:
+                print(f"chunkd run: container {name!r} given twice", file=sys.stderr)
+                return EXIT_USAGE
+            if not Path(folder).is_dir():
+                print(f"chunkd run: --{flag} {name}={folder}: not a folder", file=sys.stderr)
+                return EXIT_USAGE
+            containers[name] = {"kind": "file", "root": str(Path(folder).resolve()), "writable": writable}
+    wasm = Path(args.wasm)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", wasm.stem) or "guest"
+    cache = Path(os.environ.get("CHUNKD_CACHE", Path.home() / ".cache" / "chunkd"))
+    state = Path(tempfile.mkdtemp(prefix="chunkd-run-"))
+    try:
+        config = config_from_mapping({
+            "daemon": {"state_dir": str(state), "cache_dir": str(cache / "compile"), "log_format": "console",
+                       "log_level": "warning"},
+            "containers": containers,
+            "components": {name: {"path": str(wasm.resolve())}},
+        }, file="chunkd run --wasm")
+        job_args = ([args.component] if args.component else []) + list(args.args)
+        configure_logging(args.log_format or "console", "warning", stream=sys.stderr)
+        return _run_async(cmd_run(config, name, job_args, as_json=args.json))
+    except ConfigError as e:
+        print(f"chunkd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def entry() -> None:
