@@ -273,7 +273,7 @@ class JobRunner:
             # this attempt's outputs, reachable from the instance thread through the inbox
             job.live_outputs = job.inbox.outputs = await self.rt.job_outputs(job.id, job.component, job.attempts)
             inst.job = job.inbox
-            inst.stderr_tail.clear()  # a trap's reason quotes this job's stderr, not an earlier one's
+            inst.begin_job()  # a trap's reason quotes this job's stderr and errors, not an earlier one's
             log.info("job_started", instance=inst.label, attempt=job.attempts)
             await self._persist(job)  # attempts counted before any guest code runs
             limit = self.rt.config.limits.max_job_duration_s

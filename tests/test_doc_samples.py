@@ -50,3 +50,30 @@ def test_the_abridged_python_sample_builds_runs_and_fails_clearly(tmp_path: Path
     said = r.stdout + r.stderr
     assert r.returncode == 1 and "open local/nope.bin:" in said and "no blob 'nope.bin'" in said, said
     assert "trapped" not in said
+
+
+@pytest.mark.timeout(300)
+def test_a_guest_that_lets_a_non_string_err_escape_still_shows_the_reason(tmp_path: Path) -> None:
+    """The sample as it was before: `blobs.open` not wrapped, so the Err(stream-error) escapes
+    invoke and componentize-py traps (its payload is not a string). The job's error still
+    names the reason: the last error chunkd returned to the guest, and the guest's stderr."""
+    src = python_sample()
+    careless = re.sub(r"try:  # a failed import.*?\n(\s+)stream = blobs.open\(container, name\)\n\s+except Err as e:\n"
+                      r"\s+raise Err\(f\"open \{container\}/\{name\}: \{e.value\}\"\)\n",
+                      r"stream = blobs.open(container, name)\n", src, flags=re.S)
+    assert careless != src and "except Err as e:\n                raise Err(f\"open" not in careless
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    (guest / "app.py").write_text(careless)
+    built = subprocess.run([str(ROOT / ".venv" / "bin" / "componentize-py"), "-d", str(ROOT / "wit"), "-w",
+                            "consumer-with-events", "componentize", "app", "-o", str(tmp_path / "g.wasm")],
+                           cwd=guest, capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (tmp_path / "data").mkdir()
+    r = subprocess.run([sys.executable, "-m", "chunkd", "run", "--wasm", str(tmp_path / "g.wasm"), "--dir",
+                        f"local={tmp_path / 'data'}", "local", "nope.txt"], capture_output=True, text=True,
+                       env={**os.environ, "CHUNKD_CACHE": str(tmp_path / "cache")}, timeout=240)
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and "trapped" in said, said
+    assert "the last error chunkd returned to the guest: open local/nope.txt: failed(no blob 'nope.txt'" in said
+    assert "TypeError" in said  # componentize-py's own complaint, from the guest's stderr

@@ -239,6 +239,9 @@ class InstanceBase:
         # the guest's last stderr lines in this job: a trap's reason carries them (a Python
         # traceback, a Rust panic message are the usual explanation); reset per job
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        # the last error a chunkd import returned to the guest in this job: a guest that
+        # mishandles it (componentize-py traps on a non-string Err) still shows the reason
+        self.last_import_error: str | None = None
         self.job: JobPort | None = None  # the job this instance is serving (set by the job runner)
         # shared by the instance thread and the loop; changed only through its methods
         self.streams = StreamTable()
@@ -403,6 +406,17 @@ class InstanceBase:
         except CallFault as e:
             raise self.classify(e, what) from None
 
+    def said(self, what: str, err: values.StreamErr) -> values.StreamErr:
+        """Remember an error an import returned to the guest (for a trap's reason); pass it on."""
+        text = f"{what}: {err.kind}" + (f"({err.message})" if err.message else "")
+        self.last_import_error = text[:500]
+        return err
+
+    def begin_job(self) -> None:
+        """A new job on this instance: what a trap's reason quotes starts over."""
+        self.stderr_tail.clear()
+        self.last_import_error = None
+
     def classify(self, e: CallFault, what: str) -> GuestTrap:
         if e.kind == "timeout":
             msg = f"{what} ran past call_timeout ({self.call_timeout_s:g}s) in {self.label}"
@@ -413,6 +427,8 @@ class InstanceBase:
         else:
             reason = _ONE_TRAP_PREFIX.sub("wasm trap: ", e.reason)  # "wasm trap" said once
             msg = f"{what} trapped in {self.label}: {reason}"
+            if self.last_import_error:
+                msg += f"; the last error chunkd returned to the guest: {self.last_import_error}"
             tail = [line for line in self.stderr_tail if line.strip()]
             if tail:
                 said = " | ".join(tail)

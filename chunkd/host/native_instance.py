@@ -52,34 +52,40 @@ class NativeHost:
         return inst
 
     def open(self, container: str, name: str) -> int | NativeErr:
-        r = self._get().host_open(container, name)
-        return r.to_native() if isinstance(r, values.StreamErr) else r
+        inst = self._get()
+        r = inst.host_open(container, name)
+        return inst.said(f"open {container}/{name}", r).to_native() if isinstance(r, values.StreamErr) else r
 
     def size(self, handle: int) -> int | None:
         return self._get().host_size(handle)
 
     def read(self, handle: int, length: int) -> bytes | NativeErr:
-        r = self._get().host_read(handle, length)
-        return r.to_native() if isinstance(r, values.StreamErr) else r
+        inst = self._get()
+        r = inst.host_read(handle, length)
+        return inst.said("read", r).to_native() if isinstance(r, values.StreamErr) else r
 
     def start_chunking(self, handle: int, chunk_size: int, correlation_id: int) -> NativeErr | None:
-        r = self._get().host_start_chunking(handle, chunk_size, correlation_id)
-        return None if r is None else r.to_native()
+        inst = self._get()
+        r = inst.host_start_chunking(handle, chunk_size, correlation_id)
+        return None if r is None else inst.said(f"start-chunking-read (correlation-id {correlation_id})", r).to_native()
 
     def drop(self, handle: int) -> None:
         self._get().host_drop(handle)
 
     def create(self, container: str, name: str) -> int | NativeErr:
-        r = self._get().host_create(container, name)
-        return r.to_native() if isinstance(r, values.StreamErr) else r
+        inst = self._get()
+        r = inst.host_create(container, name)
+        return inst.said(f"create {container}/{name}", r).to_native() if isinstance(r, values.StreamErr) else r
 
     def write(self, handle: int, data: bytes) -> NativeErr | None:
-        r = self._get().host_write(handle, data)
-        return None if r is None else r.to_native()
+        inst = self._get()
+        r = inst.host_write(handle, data)
+        return None if r is None else inst.said("write", r).to_native()
 
     def finish(self, handle: int) -> NativeErr | None:
-        r = self._get().host_finish(handle)
-        return None if r is None else r.to_native()
+        inst = self._get()
+        r = inst.host_finish(handle)
+        return None if r is None else inst.said("finish", r).to_native()
 
     def drop_output(self, handle: int) -> None:
         self._get().host_drop_output(handle)
