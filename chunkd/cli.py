@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     wit = sub.add_parser("wit", help="print the WIT package guests build against (or write it into a folder)")
     wit.add_argument("--out", metavar="FOLDER", help="write FOLDER/streams.wit (e.g. a guest's wit/ folder)")
 
+    new = sub.add_parser("new", help="create a guest project NAME/ that builds with ./build.sh",
+                         description="chunkd new --lang LANG --world WORLD NAME: a line-counting guest in "
+                                     "NAME/ (the WIT, a build script, sample data, a config, a README)")
+    new.add_argument("--lang", required=True, help="python, rust, js or c")
+    new.add_argument("--world", default="consumer-with-events",
+                     help="consumer, consumer-with-events (default) or consumer-streams")
+    new.add_argument("name", metavar="NAME", help="the folder (in the current directory) and the component's name")
+
     check = sub.add_parser("check", help="validate the config and every component's world")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
 
@@ -87,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _client(args)
     if args.command == "wit":
         return cmd_wit(args.out)
+    if args.command == "new":
+        from chunkd.scaffold import cmd_new
+        return cmd_new(args.lang, args.world, args.name)
     if args.command == "run" and args.wasm:
         return _run_wasm(args)
     if args.command == "run" and (not args.config or not args.component):
