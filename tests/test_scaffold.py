@@ -51,9 +51,8 @@ def _missing_tool(lang: str) -> str | None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("lang", "world"), CASES, ids=[f"{lang}-{world}" for lang, world in CASES])
 def test_new_builds_and_counts_lines(tmp_path: Path, lang: str, world: str) -> None:
-    tool = _missing_tool(lang)
-    if tool:
-        pytest.skip(f"no {tool} for the {lang} guests")
+    tool = _missing_tool(lang)  # scripts/test installs every tool first: a missing one is a failure
+    assert tool is None, f"no {tool} for the {lang} guests (scripts/build-guests installs it)"
     name = f"lines_{lang}_{world.replace('-', '_')}"
     t0 = time.monotonic()
     made = _chunkd(tmp_path, "new", "--lang", lang, "--world", world, name)
