@@ -46,6 +46,10 @@ class DaemonConfig:
     tls_key: Path | None = None  # ... and this private key (PEM)
     max_connections: int = 512  # API connections at once (TCP); more are closed when accepted
     request_head_timeout_s: float = 10.0  # a connection's first request head must arrive within this
+    # handle-chunk batches (of all jobs) run at once; the next goes to the flow furthest behind
+    # its weighted byte share (chunkd/fairshare.py). 0 = the core count
+    delivery_workers: int = 0
+    default_weight: int = 1  # the weight of a job with no tenant when its component sets none
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,35 @@ class ComponentConfig:
     # the containers this component may open and create in; None (the key unset): every
     # container for reads and every writable one for outputs
     containers: frozenset[str] | None = None
+    # the weight of this component's jobs in the byte-fair share when they have no tenant
+    # (admin-submitted or single-tenant); a tenant's jobs share by the tenant's weight
+    weight: int = 0  # 0 = daemon.default_weight
+
+
+TENANT_ROLES = ("read", "submit", "admin")
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """[tenants.NAME]: one team sharing the daemon (docs/tenants.md)."""
+
+    name: str
+    token: "Secret"  # its bearer token (${VAR} expanded); unique among tenants and auth_token
+    role: str = "submit"  # read: see its jobs; submit: also submit and cancel; admin: every job
+    components: frozenset[str] | None = None  # the components it may submit to; None: all
+    weight: int = 1  # its weight in the byte-fair share of delivery
+    max_jobs: int = 0  # its jobs queued and running at once; 0 = no bound
+    max_bytes_per_second: int = 0  # bytes delivered to its jobs per second, all together; 0 = no bound
+    max_buffered_bytes: int = 0  # read-ahead bytes its streams may hold of the shared budget; 0 = no bound
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """[telemetry]: OpenTelemetry traces over OTLP; off unless otlp_endpoint is set."""
+
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318 (OTLP/HTTP); None: no traces
+    service_name: str = "chunkd"
+    sample_ratio: float = 1.0  # of jobs with no incoming traceparent
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,8 @@ class Config:
     containers: Mapping[str, ContainerConfig]
     components: Mapping[str, ComponentConfig]
     cluster: ClusterConfig | None = None
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 class _Table:
@@ -341,6 +376,8 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
         tls_key=d.get("tls_key", None, _path(base)),
         max_connections=d.get("max_connections", DaemonConfig.max_connections, _int(1, 100_000)),
         request_head_timeout_s=d.get("request_head_timeout", DaemonConfig.request_head_timeout_s, _duration(True)),
+        delivery_workers=d.get("delivery_workers", 0, _int(0, 1024)),
+        default_weight=d.get("default_weight", 1, _int(1, 1_000_000)),
     )
     d.finish()
     if (daemon.tls_cert is None) != (daemon.tls_key is None):
@@ -416,12 +453,78 @@ def config_from_mapping(data: Mapping[str, Any], *, file: str = "<config>", base
             max_bytes_per_second=t.get("max_bytes_per_second", 0, _size(0)),
             prefetch_chunks=t.get("prefetch_chunks", 2, _int(1)),
             containers=t.get("containers", None, _grants(containers)),
+            weight=t.get("weight", 0, _int(1, 1_000_000)),
         )
         t.finish()
+    tenants = _tenants(top, file, daemon, components) if "tenants" in top.data else {}
+    telemetry = _telemetry(top) if "telemetry" in top.data else TelemetryConfig()
     cluster = _cluster(top, file, base, limits, components) if "cluster" in top.data else None
     top.finish()
     return Config(file=file, daemon=daemon, limits=limits, containers=containers, components=components,
-                  cluster=cluster)
+                  cluster=cluster, tenants=tenants, telemetry=telemetry)
+
+
+def _component_names(components: Mapping[str, ComponentConfig]) -> Callable[[Any], frozenset[str]]:
+    def conv(v: Any) -> frozenset[str]:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise TypeError("expected a list of component names")
+        unknown = sorted(set(v) - set(components))
+        if unknown:
+            raise ValueError(f"no component named {unknown[0]!r} (configured: {', '.join(sorted(components)) or 'none'})")
+        return frozenset(v)
+    return conv
+
+
+MIN_TOKEN_LEN = 16
+
+
+def _tenants(top: "_Table", file: str, daemon: DaemonConfig,
+             components: Mapping[str, ComponentConfig]) -> dict[str, TenantConfig]:
+    tenants: dict[str, TenantConfig] = {}
+    owner: dict[str, str] = {}
+    if daemon.auth_token:
+        owner[daemon.auth_token] = "daemon.auth_token"
+    tt = top.sub("tenants")
+    for name in list(tt.data):
+        t = tt.sub(name)
+        if not _NAME.match(name):
+            raise ConfigError(file, t.prefix, "a tenant name may only use letters, digits, '_' and '-'")
+        token = t.require("token", _secret)
+        if len(token) < MIN_TOKEN_LEN:
+            raise ConfigError(file, t.key("token"), f"must be at least {MIN_TOKEN_LEN} characters")
+        if token in owner:
+            raise ConfigError(file, t.key("token"), f"the same token as {owner[token]}: every tenant needs its own")
+        owner[token] = t.key("token")
+        tenants[name] = TenantConfig(
+            name=name, token=token,
+            role=t.get("role", "submit", _choice(TENANT_ROLES)),
+            components=t.get("components", None, _component_names(components)),
+            weight=t.get("weight", 1, _int(1, 1_000_000)),
+            max_jobs=t.get("max_jobs", 0, _int(0)),
+            max_bytes_per_second=t.get("max_bytes_per_second", 0, _size(0)),
+            max_buffered_bytes=t.get("max_buffered_bytes", 0, _size(0)),
+        )
+        t.finish()
+    return tenants
+
+
+def _ratio(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number from 0 to 1, got {type(v).__name__}")
+    if not 0.0 <= float(v) <= 1.0:
+        raise ValueError(f"must be from 0 to 1, got {v}")
+    return float(v)
+
+
+def _telemetry(top: "_Table") -> TelemetryConfig:
+    t = top.sub("telemetry")
+    c = TelemetryConfig(
+        otlp_endpoint=t.get("otlp_endpoint", None, lambda v: _url(_expand_env(_str(v)))),
+        service_name=t.get("service_name", "chunkd", _str),
+        sample_ratio=t.get("sample_ratio", 1.0, _ratio),
+    )
+    t.finish()
+    return c
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -117,6 +117,7 @@ class Job:
     component: str
     args: list[str]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    tenant: str | None = None  # the tenant whose token submitted it (config [tenants]); None: admin or no tenants
     state: JobState = QUEUED
     invoke_ok: bool | None = None
     invoke_result: str | None = None
