@@ -7,11 +7,15 @@ GET /v1/status (one snapshot for the status page) and GET /v1/status/events
 (chunkd/web/, static files served without the token: they hold no data, and the
 page asks for the token before it reads any).
 Every error is a JSON object {"error": message} with a 4xx/5xx status.
+
+Who asks (chunkd/tenancy.py, docs/tenants.md): the bearer token names the admin or a
+tenant. A tenant sees, lists and cancels only its own jobs (another's id answers the
+same 404 as an unknown one), its streams and its status page; role `read` cannot
+submit or cancel (403), a component outside its list is 403, its max_jobs is 429.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -21,15 +25,16 @@ import structlog
 from aiohttp import web
 
 from chunkd.metrics import CONTENT_TYPE
-from chunkd.errors import ClusterUnavailable, NotAccepting, QueueFull, UnknownComponent
+from chunkd.errors import ChunkdError, ClusterUnavailable, NotAccepting, QueueFull, UnknownComponent
 from chunkd.runtime import Runtime
 from chunkd.status import Rates, SharedSnapshot
+from chunkd.tenancy import Principal, Tokens
 
 log = structlog.get_logger("chunkd.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RUNTIME = web.AppKey("runtime", Runtime)
-TOKEN = web.AppKey("token", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_ARGS = 1000
 MAX_ARG_LEN = 64 * 1024
 MAX_EVENT_CLIENTS = 32  # status pages listening at once; more get 503
@@ -47,6 +52,30 @@ class EventClients:
 
 
 EVENTS = web.AppKey("events", EventClients)
+
+
+class Auth:
+    """The tokens the API takes: the admin token and the tenants of the runtime's config
+    (rebuilt when a reload brings other tenants)."""
+
+    def __init__(self, token: str, unix: bool) -> None:
+        self.token = token
+        self.unix = unix
+        self._tokens: Tokens | None = None
+
+    def tokens(self, rt: Runtime) -> Tokens:
+        tenants = rt.config.tenants
+        if self._tokens is None or self._tokens.tenants is not tenants:
+            try:
+                self._tokens = Tokens(self.token, tenants, file=rt.config.file)
+            except ChunkdError:  # the daemon checks a reload before it applies it: keep the last good
+                log.exception("tenant_tokens_refused")
+                if self._tokens is None:
+                    raise
+        return self._tokens
+
+
+AUTH = web.AppKey("auth", Auth)
 SNAPSHOTS = web.AppKey("snapshots", SharedSnapshot)
 
 
@@ -71,16 +100,34 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token and request.path not in PUBLIC_PATHS:
-        got = request.headers.get("Authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())):
+    if request.path not in PUBLIC_PATHS:
+        auth = request.app[AUTH]
+        who = auth.tokens(request.app[RUNTIME]).resolve(request.headers.get("Authorization", ""), unix=auth.unix)
+        if who is None:
             return _error(401, "missing or wrong bearer token")
+        request[PRINCIPAL] = who
     return await handler(request)
+
+
+def _who(request: web.Request) -> Principal:
+    return request[PRINCIPAL]  # set by bearer_auth on every path that is not public
+
+
+def _no_job(job_id: str) -> web.Response:
+    """An unknown id, and another tenant's: the same answer, so ids do not leak."""
+    return _error(404, f"no job {job_id!r}")
+
+
+def _role_refused(who: Principal, what: str) -> web.Response:
+    return _error(403, f"{who.describe()} has role {who.role!r} (tenants.{who.tenant}.role): it may not {what}; "
+                       f"it may only read its own jobs")
 
 
 async def post_job(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    who = _who(request)
+    if not who.may_submit:
+        return _role_refused(who, "submit jobs")
     if request.content_type != "application/json":
         return _error(415, "send a JSON body with Content-Type: application/json")
     try:
@@ -100,8 +147,11 @@ async def post_job(request: web.Request) -> web.Response:
         return _error(400, "'args' must be a list of strings")
     if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_LEN for a in args):
         return _error(400, f"too many or too long args (at most {MAX_ARGS}, each {MAX_ARG_LEN} chars)")
+    if who.components is not None and component not in who.components:
+        return _error(403, f"tenant {who.tenant!r} may not use component {component!r} (tenants.{who.tenant}.components "
+                           f"= {sorted(who.components)})")
     try:
-        job = await rt.accept(component, args)
+        job = await rt.accept(component, args, who.tenant)
     except UnknownComponent as e:
         return _error(404, str(e))
     except QueueFull as e:
@@ -113,9 +163,10 @@ async def post_job(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    summary = await request.app[RUNTIME].job_summary(request.match_info["job_id"])
-    if summary is None:
-        return _error(404, f"no job {request.match_info['job_id']!r}")
+    job_id = request.match_info["job_id"]
+    summary = await request.app[RUNTIME].job_summary(job_id)
+    if summary is None or not _who(request).sees(summary["tenant"]):
+        return _no_job(job_id)
     return web.json_response(summary)
 
 
@@ -128,23 +179,32 @@ async def list_jobs(request: web.Request) -> web.Response:
         return _error(400, "limit must be an integer")
     if not 1 <= limit <= 10000:
         return _error(400, "limit must be between 1 and 10000")
-    jobs = await rt.job_summaries(limit, state)
+    jobs = await rt.job_summaries(limit, state, _who(request).scope)
     return web.json_response({"jobs": jobs})
 
 
 async def delete_job(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     job_id = request.match_info["job_id"]
+    who = _who(request)
+    if not who.may_submit:  # whatever the id: the answer tells nothing about it
+        return _role_refused(who, "cancel jobs")
+    if who.scope is not None:  # its own jobs only: another's is unknown to it
+        mine = await rt.job_summary(job_id)
+        if mine is None or not who.sees(mine["tenant"]):
+            return _no_job(job_id)
     summary = await rt.cancel_job(job_id)
     if summary is None:
-        return _error(404, f"no job {job_id!r}")
+        return _no_job(job_id)
     if summary["state"] in ("completed", "failed", "cancelled"):
         return _error(409, f"job {job_id} already ended: {summary['state']}", state=summary["state"])
     return web.json_response({"job_id": job_id, "state": summary["state"], "cancel_requested": True}, status=202)
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    return web.json_response({"streams": await request.app[RUNTIME].streams_view()})
+    who = _who(request)
+    rows = await request.app[RUNTIME].streams_view()
+    return web.json_response({"streams": [r for r in rows if who.sees(r.get("tenant"))]})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -161,6 +221,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    who = _who(request)
+    if who.scope is not None:
+        return _error(403, f"{who.describe()} may not read /metrics: they count every tenant's jobs "
+                           f"(use the admin token, or a tenant with role 'admin')")
     body = request.app[RUNTIME].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -175,8 +239,8 @@ SNAPSHOT_TICK_S = 0.2  # the status page's shortest interval: one snapshot per t
 
 
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(Rates().annotate(await request.app[SNAPSHOTS].get(request.app[RUNTIME],
-                                                                                SNAPSHOT_TICK_S)))
+    return web.json_response(Rates().annotate(await request.app[SNAPSHOTS].get(
+        request.app[RUNTIME], SNAPSHOT_TICK_S, _who(request).scope)))
 
 
 async def status_events(request: web.Request) -> web.StreamResponse:
@@ -195,6 +259,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
         clients.closing = asyncio.Event()
     closing = clients.closing
     rt = request.app[RUNTIME]
+    scope = _who(request).scope  # a tenant's page: its own jobs only
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     clients.count += 1
@@ -203,7 +268,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
         await resp.write(b"retry: 2000\n\n")
         rates = Rates()
         while not closing.is_set():
-            snap = rates.annotate(await request.app[SNAPSHOTS].get(rt, SNAPSHOT_TICK_S))
+            snap = rates.annotate(await request.app[SNAPSHOTS].get(rt, SNAPSHOT_TICK_S, scope))
             await resp.write(b"event: status\ndata: " + json.dumps(snap).encode() + b"\n\n")
             try:
                 await asyncio.wait_for(closing.wait(), interval)
@@ -225,10 +290,14 @@ async def _end_event_streams(app: web.Application) -> None:
     clients.closing.set()
 
 
-def make_app(runtime: Runtime, *, token: str = "", max_request_bytes: int = 64 * 1024) -> web.Application:
+def make_app(runtime: Runtime, *, token: str = "", max_request_bytes: int = 64 * 1024,
+             unix: bool = False) -> web.Application:
+    """`token`: the admin token ("" none); `unix`: served on a unix socket (a request with
+    no token is the admin there; chunkd/tenancy.py)."""
     app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=max_request_bytes)
     app[RUNTIME] = runtime
-    app[TOKEN] = token
+    app[AUTH] = Auth(token, unix)
+    app[AUTH].tokens(runtime)  # a token that clashes raises ConfigError here, at start
     app[EVENTS] = EventClients()
     app[SNAPSHOTS] = SharedSnapshot()
     app.on_shutdown.append(_end_event_streams)

@@ -19,16 +19,20 @@ FINAL = ("completed", "failed", "cancelled")
 
 
 class JobBackend(Protocol):
-    async def accept(self, component: str, args: list[str]) -> Job: ...
+    async def accept(self, component: str, args: list[str], tenant: str | None = None) -> Job:
+        """Queue a job of `tenant` (None: the admin's); QuotaExceeded past its max_jobs."""
+        ...
 
     async def summary(self, job_id: str) -> JobSummary | None: ...
 
-    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        """The newest `limit` jobs (of `state`), newest first: costs O(limit), not O(jobs ever)."""
+    async def summaries(self, limit: int, state: str | None, tenant: str | None = None) -> list[JobSummary]:
+        """The newest `limit` jobs (of `state`; of `tenant`, None: every job's), newest first:
+        costs O(limit), not O(jobs ever)."""
         ...
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Unfinished jobs per (component, state): from the structure that holds them."""
+    def counts(self, tenant: str | None = None) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (component, state) (of `tenant`; None: all): from the
+        structure that holds them."""
         ...
 
     async def cancel(self, job_id: str) -> JobSummary | None:
@@ -51,28 +55,29 @@ class LocalJobs:
         self.store = store
         self._live_streams = live_streams
 
-    async def accept(self, component: str, args: list[str]) -> Job:
-        return await self.runner.accept(component, args)
+    async def accept(self, component: str, args: list[str], tenant: str | None = None) -> Job:
+        return await self.runner.accept(component, args, tenant)
 
     async def summary(self, job_id: str) -> JobSummary | None:
         job = await self.runner.get_job(job_id)
         return None if job is None else job_summary(job)
 
-    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
+    async def summaries(self, limit: int, state: str | None, tenant: str | None = None) -> list[JobSummary]:
         """Jobs in memory (unfinished, and the few finished ones kept) and the store's newest
-        (an index on created_at): the top `limit` of each, merged."""
-        mem = [j for j in self.runner.jobs.values() if state is None or j.state == state]
+        (an index on created_at, or on tenant and created_at): the top `limit` of each, merged."""
+        mem = [j for j in self.runner.jobs.values()
+               if (state is None or j.state == state) and (tenant is None or j.tenant == tenant)]
         live = {j.id: job_summary(j) for j in heapq.nlargest(limit, mem, key=lambda j: j.created_at)}
         if self.store is not None and (state is None or state in FINAL):
-            for rec in await self.store.recent(limit, state):
+            for rec in await self.store.recent(limit, state, tenant):
                 if rec["id"] not in live:
                     live[rec["id"]] = summary_from_record(rec)
         return sorted(live.values(), key=lambda j: j["created_at"], reverse=True)[:limit]
 
-    def counts(self) -> dict[tuple[str, str], int]:
+    def counts(self, tenant: str | None = None) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = collections.Counter()
         for j in self.runner.jobs.values():
-            if j.state in ("running", "queued"):
+            if j.state in ("running", "queued") and (tenant is None or j.tenant == tenant):
                 out[(j.component, str(j.state))] += 1
         return dict(out)
 
@@ -101,20 +106,20 @@ class ClusterJobs:
         self.cluster = cluster
         self.runner = runner
 
-    async def accept(self, component: str, args: list[str]) -> Job:
+    async def accept(self, component: str, args: list[str], tenant: str | None = None) -> Job:
         self.runner.check_submit(component)  # the component exists, and this node takes jobs
-        job = Job(component=component, args=list(args))
-        await self.cluster.accept(job)
+        job = Job(component=component, args=list(args), tenant=tenant)
+        await self.cluster.accept(job)  # checks the queue's bound and the tenant's max_jobs
         return job
 
     async def summary(self, job_id: str) -> JobSummary | None:
         return await self.cluster.summary(job_id)
 
-    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        return await self.cluster.summaries(limit, state)
+    async def summaries(self, limit: int, state: str | None, tenant: str | None = None) -> list[JobSummary]:
+        return await self.cluster.summaries(limit, state, tenant)
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        return self.cluster.counts()
+    def counts(self, tenant: str | None = None) -> dict[tuple[str, str], int]:
+        return self.cluster.counts(tenant)
 
     async def cancel(self, job_id: str) -> JobSummary | None:
         got = await self.cluster.summary(job_id)
@@ -129,7 +134,7 @@ class ClusterJobs:
             for s in j["streams"]:
                 if s["end"] is None:
                     out.append({"job_id": j["job_id"], "component": j["component"], "instance": j["instance"],
-                                "node": j["node"], **s})
+                                "node": j["node"], "tenant": j["tenant"], **s})
         return out
 
     async def drain(self, grace_s: float) -> tuple[int, int]:

@@ -52,7 +52,7 @@ from nats.js.api import (
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from chunkd.config import ClusterConfig
-from chunkd.errors import ChunkdError, ClusterUnavailable, QueueFull
+from chunkd.errors import ChunkdError, ClusterUnavailable, QueueFull, QuotaExceeded
 from chunkd.jobindex import IndexNotReady, JobIndex
 from chunkd.jobs import FINAL_STATES, Job, JobState
 from chunkd.summary import JobSummary, job_summary, summary_from_record
@@ -302,13 +302,30 @@ class Cluster:
                 raise ClusterUnavailable(f"NATS did not tell the queue's length: {e}") from None
             if waiting >= limit:
                 raise QueueFull(f"job queue is full ({limit} queued in the cluster)")
+            self._check_quota(job.tenant)
             rec = job.record()
             try:
                 await self.kv.create(job.id, json.dumps(rec).encode())
                 await self.js.publish(subject(job.component), job.id.encode(), headers={"Nats-Msg-Id": job.id})
             except Exception as e:
                 raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
+            if job.tenant is not None and self.index.state_of(job.id) is None:
+                # counted at once for the next submission's quota check, not when the watch brings it
+                self.index.put(job.id, rec)
         log.info("job_submitted", job_id=job.id, component=job.component, args=job.args, node=self.node)
+
+    def _check_quota(self, tenant: str | None) -> None:
+        """tenants.NAME.max_jobs over the cluster: the tenant's queued and running records in
+        this node's index (one node's submissions are checked one at a time; submissions to
+        several nodes at once may pass it by one per node, like the queue's bound)."""
+        cfg = self.rt.config.tenants.get(tenant) if tenant is not None else None
+        if cfg is None or not cfg.max_jobs:
+            return
+        have = self.index.count(str(JobState.QUEUED), tenant=cfg.name) + self.index.count(str(JobState.RUNNING),
+                                                                                           tenant=cfg.name)
+        if have >= cfg.max_jobs:
+            raise QuotaExceeded(f"tenant {cfg.name!r} is at its quota tenants.{cfg.name}.max_jobs = {cfg.max_jobs} "
+                                f"(queued and running)")
 
     async def _read(self, job_id: str) -> dict[str, Any] | None:
         """A record by id: the index's copy when it holds one whole, else a KV GET.
@@ -329,11 +346,11 @@ class Cluster:
         rec = await self._read(job_id)
         return None if rec is None else summary_from_record(rec)
 
-    async def summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        """The newest `limit` jobs (of `state`), from this node's index: O(limit) reads,
+    async def summaries(self, limit: int, state: str | None, tenant: str | None = None) -> list[JobSummary]:
+        """The newest `limit` jobs (of `state`, of `tenant`), from this node's index: O(limit) reads,
         at most `limit` GETs for records the index does not hold whole. Raises
         ClusterUnavailable (IndexNotReady) rather than answer from a partial index."""
-        ids = self.index.newest(limit, state)
+        ids = self.index.newest(limit, state, tenant)
         out: list[JobSummary] = []
         sem = asyncio.Semaphore(16)
 
@@ -341,17 +358,17 @@ class Cluster:
             async with sem:
                 return await self.summary(jid)
         for s in await asyncio.gather(*(one(j) for j in ids)):
-            if s is not None and (state is None or s["state"] == state):
+            if s is not None and (state is None or s["state"] == state) and (tenant is None or s["tenant"] == tenant):
                 out.append(s)
         out.sort(key=lambda j: j["created_at"], reverse=True)
         return out[:limit]
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs per (component, state) for the unfinished states, from the index."""
+    def counts(self, tenant: str | None = None) -> dict[tuple[str, str], int]:
+        """Jobs per (component, state) for the unfinished states (of `tenant`), from the index."""
         out: dict[tuple[str, str], int] = {}
         for comp in self.rt.pools:
             for st in (str(JobState.RUNNING), str(JobState.QUEUED)):
-                out[(comp, st)] = self.index.count(st, comp)
+                out[(comp, st)] = self.index.count(st, comp, tenant)
         return out
 
     async def cancel(self, job_id: str) -> JobSummary | None:

@@ -25,6 +25,7 @@ from chunkd.jobstore import SqliteJobStore
 from chunkd.notify import Notifier
 from chunkd.runtime import Runtime
 from chunkd.security import listen_guard
+from chunkd.tenancy import Tokens
 from chunkd.tasks import TaskScope
 
 log = structlog.get_logger("chunkd.daemon")
@@ -42,6 +43,7 @@ class Daemon:
         self.store = None if config.cluster else SqliteJobStore(config.daemon.state_dir / "jobs.sqlite3")
         self.runtime = Runtime(config, store=self.store, node=config.cluster.node if config.cluster else None)
         self._runner: web.AppRunner | None = None
+        self._admin_token = ""
         self._scope = TaskScope("daemon")  # the watchdog and the prune loop
 
     # --- lifecycle -------------------------------------------------------------
@@ -67,6 +69,8 @@ class Daemon:
     async def startup(self) -> None:
         d = self.config.daemon
         token = os.environ.get("CHUNKD_AUTH_TOKEN") or d.auth_token
+        Tokens(token, self.config.tenants, file=self.config.file)  # a tenant with the admin's token: refused
+        self._admin_token = token  # the API keeps the token it started with (a reload does not change it)
         ssl_context = listen_guard(self.config, token)  # before anything starts
         d.state_dir.mkdir(parents=True, exist_ok=True)
         if self.store is not None:
@@ -82,7 +86,7 @@ class Daemon:
         else:
             resumed, gave_up = await self.runtime.resume()
         is_unix = d.listen.startswith("unix:")
-        app = make_app(self.runtime, token="" if is_unix else token, max_request_bytes=d.max_request_bytes)
+        app = make_app(self.runtime, token=token, max_request_bytes=d.max_request_bytes, unix=is_unix)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         site: web.BaseSite
@@ -125,6 +129,8 @@ class Daemon:
         self.notifier.send("RELOADING=1")
         try:
             config = load_config(self.config.file)
+            # new tenants' tokens must not clash with the admin token (CHUNKD_AUTH_TOKEN included)
+            Tokens(self._admin_token, config.tenants, file=config.file)
             await self.runtime.reload(config)
             self.config = config
         except ChunkdError as e:

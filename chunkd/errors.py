@@ -55,6 +55,10 @@ class QueueFull(ChunkdError):
     """limits.max_queued_jobs jobs are already waiting."""
 
 
+class QuotaExceeded(QueueFull):
+    """A tenant is at one of its quotas (docs/tenants.md); the message names the quota."""
+
+
 class NotAccepting(ChunkdError):
     """The daemon is draining: no new jobs."""
 

@@ -4,7 +4,8 @@ Every read of the API and the status page is answered from here in O(limit):
 - per state, the job ids sorted by creation time (bisect-insorted lists of
   (created_at, id)); a list of the newest `limit` takes the tail of one list,
   or merges the tails of all of them;
-- counts per state and per (component, state), kept as records change;
+- the same lists per (tenant, state), so a tenant's list costs O(limit) too;
+- counts per (tenant, component, state), kept as records change;
 - the full records of unfinished jobs (few: bounded by the queue limit and the
   instances) and of the most recently changed finished ones (RECENT_RECORDS),
   so most answers need no request at all; older records are fetched by id;
@@ -40,6 +41,7 @@ class _Entry:
     created_at: float
     component: str
     ended_at: float | None
+    tenant: str | None = None
 
     @property
     def end_time(self) -> float:
@@ -50,7 +52,9 @@ class JobIndex:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._by_state: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
-        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (component, state)
+        self._by_tenant: dict[tuple[str, str], list[tuple[float, str]]] = collections.defaultdict(list)
+        # (tenant or "", component, state): few keys (tenants and components come from the config)
+        self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._records: dict[str, dict[str, Any]] = {}  # unfinished jobs' records
         # the finished records with the newest created_at (what lists and the page show first)
         self._recent: dict[str, dict[str, Any]] = {}
@@ -72,13 +76,17 @@ class JobIndex:
         e = self._entries.pop(job_id, None)
         if e is None:
             return
-        lst = self._by_state[e.state]
-        i = bisect.bisect_left(lst, (e.created_at, job_id))
-        if i < len(lst) and lst[i] == (e.created_at, job_id):
-            del lst[i]
-        self._counts[(e.component, e.state)] -= 1
-        if self._counts[(e.component, e.state)] <= 0:
-            del self._counts[(e.component, e.state)]
+        lists = [self._by_state[e.state]]
+        if e.tenant is not None:
+            lists.append(self._by_tenant[(e.tenant, e.state)])
+        for lst in lists:
+            i = bisect.bisect_left(lst, (e.created_at, job_id))
+            if i < len(lst) and lst[i] == (e.created_at, job_id):
+                del lst[i]
+        key = (e.tenant or "", e.component, e.state)
+        self._counts[key] -= 1
+        if self._counts[key] <= 0:
+            del self._counts[key]
         self._records.pop(job_id, None)
         self._recent.pop(job_id, None)
 
@@ -86,11 +94,14 @@ class JobIndex:
         """A record was written (the watch saw a PUT)."""
         self._drop(job_id)
         state = str(rec.get("state"))
+        tenant = rec.get("tenant")
         e = _Entry(state=state, created_at=float(rec.get("created_at") or 0.0), component=str(rec.get("component")),
-                   ended_at=rec.get("ended_at"))
+                   ended_at=rec.get("ended_at"), tenant=tenant if isinstance(tenant, str) else None)
         self._entries[job_id] = e
         bisect.insort(self._by_state[state], (e.created_at, job_id))
-        self._counts[(e.component, state)] += 1
+        if e.tenant is not None:
+            bisect.insort(self._by_tenant[(e.tenant, state)], (e.created_at, job_id))
+        self._counts[(e.tenant or "", e.component, state)] += 1
         if state in FINAL:
             self._keep_recent(job_id, e.created_at, rec)
             heapq.heappush(self._ended, (e.end_time, job_id))
@@ -131,15 +142,20 @@ class JobIndex:
         if not self.ready:
             raise IndexNotReady(f"this node's job index is not ready ({self.broken or 'loading'}): try again")
 
-    def newest(self, limit: int, state: str | None) -> list[str]:
-        """The ids of the newest `limit` jobs (of `state`), newest first: O(limit)."""
+    def newest(self, limit: int, state: str | None, tenant: str | None = None) -> list[str]:
+        """The ids of the newest `limit` jobs (of `state`; of `tenant`, None: anyone's),
+        newest first: O(limit)."""
         self._check()
         if limit <= 0:
             return []
+        if tenant is None:
+            by = self._by_state
+        else:
+            by = {s: lst for (t, s), lst in self._by_tenant.items() if t == tenant}
         if state is not None:
-            lst = self._by_state.get(state, [])
+            lst = by.get(state, [])
             return [jid for _, jid in reversed(lst[-limit:])]
-        tails: Iterable[Iterable[tuple[float, str]]] = [reversed(lst[-limit:]) for lst in self._by_state.values()]
+        tails: Iterable[Iterable[tuple[float, str]]] = [reversed(lst[-limit:]) for lst in by.values()]
         merged = heapq.merge(*tails, reverse=True)
         return [jid for _, jid in itertools.islice(merged, limit)]
 
@@ -151,10 +167,11 @@ class JobIndex:
         e = self._entries.get(job_id)
         return None if e is None else e.state
 
-    def count(self, state: str | None = None, component: str | None = None) -> int:
+    def count(self, state: str | None = None, component: str | None = None, tenant: str | None = None) -> int:
         self._check()
-        return sum(n for (c, s), n in self._counts.items()
-                   if (state is None or s == state) and (component is None or c == component))
+        return sum(n for (t, c, s), n in self._counts.items()
+                   if (state is None or s == state) and (component is None or c == component)
+                   and (tenant is None or t == tenant))
 
     def unfinished(self, state: str) -> list[dict[str, Any]]:
         """The records of every job in an unfinished state (running or queued)."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 import structlog
 
-from chunkd.errors import ChunkdError, NotAccepting, QueueFull, UnknownComponent
+from chunkd.errors import ChunkdError, NotAccepting, QueueFull, QuotaExceeded, UnknownComponent
 from chunkd.jobs import Job, JobState
 from chunkd.jobstore import JobStore
 from chunkd.streamset import Outcome, StreamSet, StreamSettings
@@ -73,6 +73,7 @@ class JobRunner:
         self._inst_of: dict[str, "InstanceBase"] = {}  # running jobs' instances
         self._scope = TaskScope("jobs")
         self._waiting: set[str] = set()  # jobs with a task, waiting for an instance
+        self._intake: collections.Counter[str] = collections.Counter()  # per tenant: accepts being written
         self.jobs_finished = 0
         self.jobs_interrupted = 0
 
@@ -88,6 +89,18 @@ class JobRunner:
         """Jobs on an instance now."""
         return len(self._inst_of)
 
+    def tenant_jobs(self, tenant: str) -> int:
+        """A tenant's jobs queued and running on this node, and its submissions being
+        written (counted from the map that holds every unfinished job)."""
+        return self._intake[tenant] + sum(1 for j in self.jobs.values() if j.tenant == tenant and not j.finished)
+
+    def check_quota(self, tenant: str | None) -> None:
+        """tenants.NAME.max_jobs: QuotaExceeded (429) when the tenant is at it."""
+        cfg = self.rt.config.tenants.get(tenant) if tenant is not None else None
+        if cfg is not None and cfg.max_jobs and self.tenant_jobs(cfg.name) >= cfg.max_jobs:
+            raise QuotaExceeded(f"tenant {cfg.name!r} is at its quota tenants.{cfg.name}.max_jobs = {cfg.max_jobs} "
+                                f"(queued and running)")
+
     def check_submit(self, component: str) -> None:
         if not self.accepting:
             raise NotAccepting("chunkd is shutting down and takes no new jobs")
@@ -98,20 +111,32 @@ class JobRunner:
         if self.queued >= limit:
             raise QueueFull(f"job queue is full ({limit} queued)")
 
-    def submit(self, component: str, args: list[str]) -> Job:
+    def submit(self, component: str, args: list[str], tenant: str | None = None) -> Job:
         """Queue a job in memory only (chunkd run, tests)."""
         self.check_submit(component)
-        job = Job(component=component, args=list(args))
+        self.check_quota(tenant)
+        job = Job(component=component, args=list(args), tenant=tenant)
         self._schedule(job)
         return job
 
-    async def accept(self, component: str, args: list[str]) -> Job:
-        """Queue a job durably: it is in the job store before this returns."""
+    async def accept(self, component: str, args: list[str], tenant: str | None = None) -> Job:
+        """Queue a job durably: it is in the job store before this returns. A tenant's
+        place under its max_jobs is held from the check until the job is scheduled, so
+        submissions at once never pass its quota."""
         self.check_submit(component)
-        job = Job(component=component, args=list(args))
-        await self._persist(job)
-        self.check_submit(component)  # the world may have changed while we wrote
-        self._schedule(job)
+        self.check_quota(tenant)
+        job = Job(component=component, args=list(args), tenant=tenant)
+        if tenant is not None:
+            self._intake[tenant] += 1
+        try:
+            await self._persist(job)
+            self.check_submit(component)  # the world may have changed while we wrote
+            self._schedule(job)
+        finally:
+            if tenant is not None:
+                self._intake[tenant] -= 1
+                if self._intake[tenant] <= 0:
+                    del self._intake[tenant]
         return job
 
     def _schedule(self, job: Job) -> None:
@@ -347,6 +372,7 @@ class JobRunner:
         job.ended_at = time.time()
         self.jobs_finished += 1
         self.rt.metrics.jobs.labels(job.state).inc()
+        self.rt.metrics.tenant_jobs_ended.labels(job.tenant or "", job.state).inc()
         self._remember_finished(job)
         log.info("job_ended", state=job.state, error=job.error, attempt=job.attempts, streams=len(job.deliveries),
                  duration_s=round(job.ended_at - (job.started_at or job.ended_at), 3))

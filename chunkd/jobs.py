@@ -157,7 +157,7 @@ class Job:
             "attempts": self.attempts, "created_at": self.created_at, "started_at": self.started_at,
             "ended_at": self.ended_at, "invoke_ok": self.invoke_ok, "invoke_result": self.invoke_result,
             "error": self.error, "streams": self.stream_summaries(), "output": list(self.output),
-            "node": self.node, "outputs": self.output_summaries(),
+            "node": self.node, "outputs": self.output_summaries(), "tenant": self.tenant,
         }
 
     @classmethod
@@ -168,6 +168,7 @@ class Job:
                   attempts=r["attempts"])
         job.output.extend(r["output"])
         job.node = r.get("node")
+        job.tenant = r.get("tenant")  # records written before tenants have none
         job.past_streams = list(r["streams"])
         job.past_outputs = list(r.get("outputs") or [])
         return job

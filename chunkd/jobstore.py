@@ -18,8 +18,8 @@ from typing import Any, Callable, List, Protocol, TypeVar
 T = TypeVar("T")
 
 _COLUMNS = ("id", "component", "args", "state", "attempts", "created_at", "started_at", "ended_at",
-            "invoke_ok", "invoke_result", "error", "streams", "output")
-_JSON = ("args", "streams", "output")
+            "invoke_ok", "invoke_result", "error", "streams", "output", "tenant", "trace")
+_JSON = ("args", "streams", "output", "trace")  # trace: the job's W3C trace carrier (chunkd/tracing.py) or null
 # one row per output of a job attempt (chunkd/outputs.py): written when it is created and at
 # each change of state; `token` is the sink's, for recovery after a crash
 _OUTPUT_COLUMNS = ("job_id", "attempt", "seq", "container", "name", "state", "token", "bytes", "version",
@@ -36,7 +36,10 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def recent(self, limit: int = 100, state: str | None = None) -> List[dict[str, Any]]: ...
+    async def recent(self, limit: int = 100, state: str | None = None,
+                     tenant: str | None = None) -> List[dict[str, Any]]:
+        """The newest `limit` records (of `state`, of `tenant`; None: any), newest first."""
+        ...
 
     async def unfinished(self) -> list[dict[str, Any]]: ...
 
@@ -200,16 +203,25 @@ class SqliteJobStore(SqliteOutputLedger):
             id TEXT PRIMARY KEY, component TEXT NOT NULL, args TEXT NOT NULL, state TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, ended_at REAL,
             invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
-            output TEXT NOT NULL DEFAULT '[]')""")
+            output TEXT NOT NULL DEFAULT '[]', tenant TEXT)""")
+        # a store written before tenants (docs/tenants.md): its jobs have none (the admin's)
+        if "tenant" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT")
+        # a store written before traces (docs/tracing.md): its jobs have no trace carrier
+        if "trace" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN trace TEXT NOT NULL DEFAULT 'null'")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
         # lists are the newest N (of a state): an index each, so a list reads N rows, not the table
         db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs(state, created_at)")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended_at)")  # pruning
+        # a tenant's list is the newest N of its jobs (of a state): read N rows too
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs(tenant, created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_tenant_state_created ON jobs(tenant, state, created_at)")
         super()._schema(db)
 
     async def save(self, record: dict[str, Any]) -> None:
-        row = tuple(json.dumps(record[c]) if c in _JSON else record[c] for c in _COLUMNS)
+        row = tuple(json.dumps(record.get(c)) if c in _JSON else record.get(c) for c in _COLUMNS)
         sql = f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
         await self._do(lambda db: db.execute(sql, row))
 
@@ -244,13 +256,19 @@ class SqliteJobStore(SqliteOutputLedger):
             db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)))))
         return rows[0] if rows else None
 
-    async def recent(self, limit: int = 100, state: str | None = None) -> List[dict[str, Any]]:
-        cols = ", ".join(_COLUMNS)
-        if state is None:
-            return await self._do(lambda db: self._with_outputs(db, self._rows(
-                db.execute(f"SELECT {cols} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)))))
-        return await self._do(lambda db: self._with_outputs(db, self._rows(
-            db.execute(f"SELECT {cols} FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, limit)))))
+    async def recent(self, limit: int = 100, state: str | None = None,
+                     tenant: str | None = None) -> List[dict[str, Any]]:
+        where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        cond = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM jobs {cond}ORDER BY created_at DESC LIMIT ?"
+        args = (*params, limit)
+        return await self._do(lambda db: self._with_outputs(db, self._rows(db.execute(sql, args))))
 
     async def unfinished(self) -> list[dict[str, Any]]:
         return await self._do(lambda db: self._rows(db.execute(

@@ -77,6 +77,11 @@ class Metrics:
         self.traps = Counter("chunkd_traps", "Guest calls that trapped", ["component"], registry=r)
         self.timeouts = Counter("chunkd_timeouts", "Guest calls stopped by call_timeout", ["component"], registry=r)
         self.jobs = Counter("chunkd_jobs", "Jobs ended, by outcome", ["outcome"], registry=r)
+        # per tenant (names from the config: bounded); tenant="" is the admin token's jobs
+        self.jobs_submitted = Counter("chunkd_jobs_submitted", "Jobs accepted (202), by tenant", ["tenant"],
+                                      registry=r)
+        self.tenant_jobs_ended = Counter("chunkd_tenant_jobs_ended", "Jobs ended, by tenant and outcome",
+                                         ["tenant", "outcome"], registry=r)
         self.streams_ended = Counter("chunkd_streams_ended", "Chunked reads ended, by how", ["end"], registry=r)
         self.source_retries = Counter("chunkd_source_retries", "Source reads retried", registry=r)
         self.output_bytes = Counter("chunkd_output_bytes_written", "Bytes guests wrote to outputs (handed to a sink)",

@@ -259,11 +259,14 @@ class Runtime:
     def jobs(self) -> dict[str, Job]:
         return self.runner.jobs
 
-    def submit(self, component: str, args: list[str]) -> Job:
-        return self.runner.submit(component, args)
+    def submit(self, component: str, args: list[str], tenant: str | None = None) -> Job:
+        return self.runner.submit(component, args, tenant)
 
-    async def accept(self, component: str, args: list[str]) -> Job:
-        return await self.backend.accept(component, args)
+    async def accept(self, component: str, args: list[str], tenant: str | None = None) -> Job:
+        """Queue a job durably for `tenant` (None: the admin token's); its quota is checked."""
+        job = await self.backend.accept(component, args, tenant)
+        self.metrics.jobs_submitted.labels(tenant or "").inc()
+        return job
 
     def use_cluster(self, cluster: "Cluster") -> None:
         """Cluster mode, chosen once at startup (the daemon): jobs live in NATS JetStream."""
@@ -275,12 +278,14 @@ class Runtime:
     async def job_summary(self, job_id: str) -> JobSummary | None:
         return await self.backend.summary(job_id)
 
-    async def job_summaries(self, limit: int, state: str | None) -> list[JobSummary]:
-        return await self.backend.summaries(limit, state)
+    async def job_summaries(self, limit: int, state: str | None, tenant: str | None = None) -> list[JobSummary]:
+        """The newest `limit` jobs (of `state`; of `tenant`, None: all), newest first."""
+        return await self.backend.summaries(limit, state, tenant)
 
-    def job_counts(self) -> dict[tuple[str, str], int]:
-        """Unfinished jobs per (component, state), from the backend's own structure."""
-        return self.backend.counts()
+    def job_counts(self, tenant: str | None = None) -> dict[tuple[str, str], int]:
+        """Unfinished jobs per (component, state) (of `tenant`; None: all), from the
+        backend's own structure."""
+        return self.backend.counts(tenant)
 
     async def cancel_job(self, job_id: str) -> JobSummary | None:
         """Operator cancel; the job's summary as it was asked (None: no such job)."""
@@ -342,5 +347,5 @@ class Runtime:
             for d in job.deliveries:
                 if d.outcome is None:
                     out.append({"job_id": job.id, "component": job.component, "instance": job.instance,
-                                **stream_summary(d), "buffered_chunks": len(d.queue)})
+                                "tenant": job.tenant, **stream_summary(d), "buffered_chunks": len(d.queue)})
         return out

@@ -16,25 +16,31 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 LANGS = ("python", "rust", "js", "c")
 WORLDS = ("consumer", "consumer-with-events", "consumer-streams")
 LANG_TITLES = {"python": "Python (componentize-py)", "rust": "Rust (wit-bindgen, wasm32-wasip2)",
-               "js": "JavaScript (componentize-js)", "c": "C (clang, jco)"}
+               "js": "JavaScript (componentize-js; componentize-qjs for consumer-streams)", "c": "C (clang, jco)"}
 
-# (lang, world) -> [(template path under TEMPLATES, path in the new project)]
+# lang -> [(template path under TEMPLATES, formatted with the world; path in the new project)]
 _LANG_FILES: dict[str, list[tuple[str, str]]] = {
     "python": [("python/{world}.py.tmpl", "app.py"), ("python/build.sh", "build.sh")],
-    "rust": [("rust/Cargo.toml", "Cargo.toml"), ("rust/lib.rs", "src/lib.rs"), ("rust/build.sh", "build.sh")],
-    "js": [("js/app.js", "app.js"), ("js/build.sh", "build.sh")],
-    "c": [("c/app.c", "app.c"), ("c/componentize.mjs", "componentize.mjs"), ("c/build.sh", "build.sh")],
+    "rust": [("rust/Cargo.toml", "Cargo.toml"), ("rust/{world}.rs.tmpl", "src/lib.rs"), ("rust/build.sh", "build.sh")],
+    "js": [("js/{world}.js.tmpl", "app.js"), ("js/{build}", "build.sh")],
+    "c": [("c/{world}.c.tmpl", "app.c"), ("c/componentize.mjs", "componentize.mjs"), ("c/build.sh", "build.sh")],
 }
+# JavaScript's streams world is built with componentize-qjs (async exports), the others with
+# componentize-js
+_JS_BUILD = {"consumer-streams": "build-streams.sh"}
 SUPPORTED: dict[str, tuple[str, ...]] = {
     "python": WORLDS,
-    "rust": ("consumer-with-events",),
-    "js": ("consumer-with-events",),
-    "c": ("consumer-with-events",),
+    "rust": WORLDS,
+    "js": WORLDS,
+    "c": ("consumer", "consumer-with-events"),
 }
-# why a combination is missing, when there is more to say than "not written yet"
+# why a combination is missing
 _WHY_NOT = {
-    ("js", "consumer-streams"): "componentize-js cannot build async exports (ComponentizeJS#335); "
-                                "consume in consumer-streams is async",
+    ("c", "consumer-streams"): "the C template writes the canonical ABI by hand (no libc, no wit-bindgen), "
+                               "and consume in consumer-streams is an async export taking a stream<u8>: that "
+                               "needs the component model's async ABI (task.return, stream.read, waitable sets, "
+                               "a callback export), which only wit-bindgen's C generator (wit-bindgen-cli) "
+                               "with wasi-sdk's libc produces, and neither is installed here",
 }
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -87,8 +93,9 @@ def create(lang: str, world: str, name: str, parent: Path) -> Path:
     values = {"NAME": name, "WORLD": world, "LANG": LANG_TITLES[lang], "CRATE": name.replace("-", "_")}
     values["TOOLS"] = _fill((TEMPLATES / lang / "TOOLS.md").read_text().strip(), values)
     files: list[tuple[str, str]] = [(f"wit/{n}", (wit / n).read_text()) for n in WIT_FILES]
+    build = _JS_BUILD.get(world, "build.sh")
     for src, rel in _LANG_FILES[lang]:
-        files.append((rel, _fill((TEMPLATES / src.format(world=world)).read_text(), values)))
+        files.append((rel, _fill((TEMPLATES / src.format(world=world, build=build)).read_text(), values)))
     for src, rel in (("common/README.md", "README.md"), ("common/chunkd.toml", "chunkd.toml"),
                      ("common/sample.txt", "data/sample.txt")):
         files.append((rel, _fill((TEMPLATES / src).read_text(), values)))

@@ -3,7 +3,9 @@
 A TCP listen address that other hosts can reach (anything but loopback) with
 no bearer token is refused at start, unless `daemon.allow_unauthenticated =
 true` says the operator means it. `daemon.tls_cert` and `daemon.tls_key`
-serve the API over HTTPS. Tokens are compared in constant time (api.py).
+serve the API over HTTPS. Tokens are compared in constant time (tenancy.py). With
+[tenants] configured the API is never open: each request needs a tenant's token or
+the admin token.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def listen_guard(config: Config, token: str) -> ssl.SSLContext | None:
     if d.listen.startswith("unix:"):
         return None
     host = d.listen.rpartition(":")[0]
-    if not token and not d.allow_unauthenticated and not is_loopback_host(host):
+    # with tenants every request needs a token (a tenant's or the admin's): not open
+    if not token and not config.tenants and not d.allow_unauthenticated and not is_loopback_host(host):
         raise ConfigError(config.file, "daemon.listen",
                           f"{d.listen} is reachable from other hosts and no token is set: set daemon.auth_token "
                           f"(or CHUNKD_AUTH_TOKEN), or daemon.allow_unauthenticated = true to serve it open")

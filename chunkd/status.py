@@ -5,6 +5,11 @@ GET /v1/status answers one snapshot; GET /v1/status/events pushes one every
 JSON) over a single connection, which is what the page at GET / listens to.
 A Rates object per connection turns the byte counts of two snapshots into
 rates (bytes/s, smoothed) and ETAs; the snapshot itself holds only counts.
+
+A tenant's token gets its own snapshot (docs/tenants.md): its jobs only, the
+components it may use with its own running and queued counts, and no daemon-wide
+byte totals (those count every tenant's bytes: null for a tenant). The budget is
+shown to everyone (one number for the whole daemon, no job in it).
 """
 from __future__ import annotations
 
@@ -37,39 +42,48 @@ def _output_view(o: dict[str, Any]) -> dict[str, Any]:
     return {"container": o["container"], "name": o["name"], "bytes": o.get("bytes") or 0, "state": o["state"]}
 
 
-async def snapshot(rt: "Runtime") -> dict[str, Any]:
+async def snapshot(rt: "Runtime", tenant: str | None = None) -> dict[str, Any]:
     """Running jobs with their streams, queued jobs, the buffer budget, per-component
-    totals and the most recent ended jobs: counts only, JSON-ready."""
-    running = await rt.job_summaries(MAX_RUNNING_SHOWN, "running")
-    queued = await rt.job_summaries(MAX_QUEUED_SHOWN, "queued")
-    recent = [j for j in await rt.job_summaries(RECENT_SHOWN * 3, None) if j["state"] in FINAL_STATES]
-    counts = rt.job_counts()
+    totals and the most recent ended jobs: counts only, JSON-ready. `tenant`: that
+    tenant's view (its jobs, its components, no daemon-wide byte totals)."""
+    running = await rt.job_summaries(MAX_RUNNING_SHOWN, "running", tenant)
+    queued = await rt.job_summaries(MAX_QUEUED_SHOWN, "queued", tenant)
+    recent = [j for j in await rt.job_summaries(RECENT_SHOWN * 3, None, tenant) if j["state"] in FINAL_STATES]
+    counts = rt.job_counts(tenant)
+    tcfg = rt.config.tenants.get(tenant) if tenant is not None else None
+    allowed = tcfg.components if tcfg is not None else None
     components = []
     for name, pool in sorted(rt.pools.items()):
+        if tenant is not None and allowed is not None and name not in allowed:
+            continue
         components.append({
             "name": name,
             "kind": pool.comp.kind,
             "instances": pool.cfg.instances,
-            "bytes": int(rt.metrics.value("chunkd_bytes_delivered_total", component=name)),
-            "chunks": int(rt.metrics.value("chunkd_chunks_delivered_total", component=name)),
+            "bytes": None if tenant is not None else int(rt.metrics.value("chunkd_bytes_delivered_total",
+                                                                          component=name)),
+            "chunks": None if tenant is not None else int(rt.metrics.value("chunkd_chunks_delivered_total",
+                                                                           component=name)),
             "running": counts.get((name, "running"), 0),
             "queued": counts.get((name, "queued"), 0),
         })
     return {
+        "tenant": tenant,
         "time": time.time(),
         "node": rt.cluster.node if rt.cluster is not None else None,
         "accepting": rt.accepting,
         "budget": {"in_use": rt.budget.in_use, "limit": rt.budget.limit},
         "running": [{
             "job_id": j["job_id"], "component": j["component"], "args": j["args"], "instance": j["instance"],
-            "node": j["node"], "attempts": j["attempts"], "started_at": j["started_at"],
+            "node": j["node"], "tenant": j["tenant"], "attempts": j["attempts"], "started_at": j["started_at"],
             "streams": [_stream_view(j, dict(s)) for s in j["streams"]],
             "outputs": [_output_view(dict(o)) for o in j.get("outputs") or []],
         } for j in running],
         "queued": [{"job_id": j["job_id"], "component": j["component"], "args": j["args"],
-                    "created_at": j["created_at"]} for j in queued],
+                    "created_at": j["created_at"], "tenant": j["tenant"]} for j in queued],
         "components": components,
         "recent": [{"job_id": j["job_id"], "component": j["component"], "state": j["state"], "error": j["error"],
+                    "tenant": j["tenant"],
                     "attempts": j["attempts"], "started_at": j["started_at"], "ended_at": j["ended_at"],
                     "bytes": sum(s["bytes"] for s in j["streams"]), "streams": len(j["streams"]),
                     "outputs": [_output_view(dict(o)) for o in j.get("outputs") or []]}
@@ -78,24 +92,33 @@ async def snapshot(rt: "Runtime") -> dict[str, Any]:
 
 
 class SharedSnapshot:
-    """One snapshot per tick for every reader: GET /v1/status and each status-page
-    listener get a copy of the same snapshot while it is younger than `max_age`, so N
-    listeners cost one snapshot per tick, not N. Concurrent misses wait for one build."""
+    """One snapshot per tick for every reader of one scope (the admin's view, or one
+    tenant's): GET /v1/status and each status-page listener get a copy of the same
+    snapshot while it is younger than `max_age`, so N listeners cost one snapshot per
+    tick and scope, not N. Concurrent misses wait for one build. Scopes are the
+    configured tenants: the map stays as small as the config."""
 
     def __init__(self) -> None:
-        self._snap: dict[str, Any] | None = None
-        self._at = 0.0
+        self._snaps: dict[str | None, tuple[float, dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
         self.builds = 0
 
-    async def get(self, rt: "Runtime", max_age: float) -> dict[str, Any]:
-        if self._snap is None or time.monotonic() - self._at >= max_age:
+    def _fresh(self, tenant: str | None, max_age: float) -> dict[str, Any] | None:
+        got = self._snaps.get(tenant)
+        return got[1] if got is not None and time.monotonic() - got[0] < max_age else None
+
+    async def get(self, rt: "Runtime", max_age: float, tenant: str | None = None) -> dict[str, Any]:
+        snap = self._fresh(tenant, max_age)
+        if snap is None:
             async with self._lock:
-                if self._snap is None or time.monotonic() - self._at >= max_age:
-                    self._snap = await snapshot(rt)
-                    self._at = time.monotonic()
+                snap = self._fresh(tenant, max_age)
+                if snap is None:
+                    # tenants a reload removed: their views go
+                    self._snaps = {k: v for k, v in self._snaps.items() if k is None or k in rt.config.tenants}
+                    snap = await snapshot(rt, tenant)
+                    self._snaps[tenant] = (time.monotonic(), snap)
                     self.builds += 1
-        return copy.deepcopy(self._snap)  # Rates.annotate writes into its copy
+        return copy.deepcopy(snap)  # Rates.annotate writes into its copy
 
 
 @dataclass
@@ -141,6 +164,9 @@ class Rates:
         comps: dict[str, _Seen] = {}
         for c in snap["components"]:
             prev = self.components.get(c["name"])
+            if c["bytes"] is None:  # a tenant's view: no daemon-wide totals
+                c["rate"] = None
+                continue
             rate = 0.0 if prev is None else self._rate(prev, c["bytes"], now, None)
             c["rate"] = rate
             comps[c["name"]] = _Seen(c["bytes"], now, rate)

@@ -46,6 +46,7 @@ class JobSummary(TypedDict):
     output: list[str]
     node: str | None  # cluster mode: the node that runs or ran the job; null on one machine
     outputs: list[OutputSummary]  # the blobs the job writes back
+    tenant: str | None  # the tenant whose token submitted it (docs/tenants.md); null: the admin token
 
 
 def job_summary(job: "Job") -> JobSummary:
@@ -57,6 +58,7 @@ def job_summary(job: "Job") -> JobSummary:
         "ended_at": job.ended_at, "streams": job.stream_summaries(), "output": list(job.output), "node": job.node,
         "outputs": [OutputSummary(container=o["container"], name=o["name"], bytes=o["bytes"] or 0, state=o["state"],
                                   version=o["version"]) for o in job.output_summaries()],
+        "tenant": job.tenant,
     }
 
 

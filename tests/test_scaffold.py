@@ -38,12 +38,13 @@ def _chunkd(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _missing_tool(lang: str) -> str | None:
     env = _env()
-    need = {"python": [env["COMPONENTIZE_PY"]], "js": [env["COMPONENTIZE_JS"]],
+    need = {"python": [env["COMPONENTIZE_PY"]],
+            "js": [env["COMPONENTIZE_JS"], str(REPO / "node_modules" / ".bin" / "componentize-qjs")],
             "rust": ["cargo"], "c": ["clang", "wasm-ld", "node"]}[lang]
     for tool in need:
         if not shutil.which(tool, path=env["PATH"]):
             return tool
-    if lang == "c" and not (REPO / "node_modules" / "@bytecodealliance" / "jco").is_dir():
+    if lang in ("c", "js") and not (REPO / "node_modules" / "@bytecodealliance" / "jco").is_dir():
         return "node_modules/@bytecodealliance/jco"
     return None
 
@@ -77,6 +78,15 @@ def test_new_builds_and_counts_lines(tmp_path: Path, lang: str, world: str) -> N
     assert f"{lines}  sample.txt" in ran.stdout.splitlines(), ran.stdout
     print(f"\nchunkd new --lang {lang} --world {world}: new -> build -> first correct run in {elapsed:.1f} s")
 
+    # several blobs in one job, an empty one too (the consumer world finds each blob's last chunk)
+    (proj / "data" / "two.txt").write_bytes(b"a\nb\n")
+    (proj / "data" / "empty.txt").write_bytes(b"")
+    ran = _chunkd(proj, "run", "--wasm", f"{name}.wasm", "--dir", "local=data", "local", "two.txt",
+                  "empty.txt", "sample.txt")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    said = ran.stdout.splitlines()
+    assert {"2  two.txt", "0  empty.txt", f"{lines}  sample.txt"} <= set(said), ran.stdout
+
     bad = _chunkd(proj, "run", "--wasm", f"{name}.wasm", "--dir", "local=data", "local", "nope.txt")
     out = bad.stdout + bad.stderr
     assert bad.returncode == 1, out
@@ -90,12 +100,11 @@ def test_new_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "unknown language 'cobol'" in capsys.readouterr().err
     assert main(["new", "--lang", "python", "--world", "producer", "x"]) == 2
     assert "unknown world 'producer'" in capsys.readouterr().err
-    assert main(["new", "--lang", "js", "--world", "consumer-streams", "x"]) == 2
+    assert main(["new", "--lang", "c", "--world", "consumer-streams", "x"]) == 2
     err = capsys.readouterr().err
-    assert "not supported" in err and "ComponentizeJS#335" in err and "async" in err
+    assert "not supported" in err and "async ABI" in err and "wit-bindgen" in err and "wasi-sdk" in err
     assert "python: consumer, consumer-with-events, consumer-streams" in err
-    assert main(["new", "--lang", "rust", "--world", "consumer", "x"]) == 2
-    assert "Supported: " in capsys.readouterr().err
+    assert "c: consumer, consumer-with-events" in err
     assert main(["new", "--lang", "python", "--world", "consumer", "../x"]) == 2
     assert "bad name" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
