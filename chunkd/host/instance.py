@@ -45,6 +45,13 @@ log = structlog.get_logger("chunkd.instance")
 STDERR_TAIL_LINES = 8  # a trap's reason carries at most this many of the guest's last stderr lines ...
 STDERR_TAIL_CHARS = 1500  # ... and at most this many characters of them
 _ONE_TRAP_PREFIX = re.compile(r"^(?:wasm trap: )+")
+# What componentize-py 0.25 and componentize-js 0.23 write to stderr just before they trap
+# because invoke's error (WIT `string`) was not a string: `raise Err(42)`, `throw 42`,
+# `throw new Error(...)`. The value itself is gone by then (it never leaves the guest).
+_NON_STRING_ERR = re.compile(r"object is not an instance of 'str'|expected a string, received \[")
+NON_STRING_ERR_HINT = ("invoke's error was not a string: the guest raised Err(...) or threw a value that is "
+                       "not a string, which its bindings cannot pass to chunkd, so they trapped and the value "
+                       "was lost inside the guest (raise Err(str(...)) in Python, throw a string in JavaScript)")
 
 HOST_WAIT_LIMIT_S = 600.0
 MAX_OUTPUT_LINE = 64 * 1024
@@ -430,6 +437,8 @@ class InstanceBase:
             if self.last_import_error:
                 msg += f"; the last error chunkd returned to the guest: {self.last_import_error}"
             tail = [line for line in self.stderr_tail if line.strip()]
+            if what == "invoke" and any(_NON_STRING_ERR.search(line) for line in tail):
+                msg += f"; {NON_STRING_ERR_HINT}"
             if tail:
                 said = " | ".join(tail)
                 if len(said) > STDERR_TAIL_CHARS:
