@@ -25,6 +25,7 @@ from chunkd.jobstore import SqliteJobStore
 from chunkd.notify import Notifier
 from chunkd.runtime import Runtime
 from chunkd.security import listen_guard
+from chunkd.status import share_history
 from chunkd.tenancy import Tokens
 from chunkd.tasks import TaskScope
 
@@ -76,6 +77,7 @@ class Daemon:
         if self.store is not None:
             await self.store.open()
         await self.runtime.start()
+        share_history(self.runtime)  # the status page's Shares charts: sampled from now on
         resumed = gave_up = 0
         if self.config.cluster is not None:
             from chunkd.cluster import Cluster

@@ -10,17 +10,25 @@ A tenant's token gets its own snapshot (docs/tenants.md): its jobs only, the
 components it may use with its own running and queued counts, and no daemon-wide
 byte totals (those count every tenant's bytes: null for a tenant). The budget is
 shown to everyone (one number for the whole daemon, no job in it).
+
+`shares` (the page's Shares charts): each flow's bytes per second over the last
+5 minutes, one point per 2 s, from a bounded ring of samples of the fair-share
+scheduler's bytes delivered per flow (ShareHistory; the daemon starts its sampler,
+the runtime's background scope owns it), keyed by flow; a tenant sees its own.
 """
 from __future__ import annotations
 
 import asyncio
 import copy
 import time
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chunkd.jobs import FINAL_STATES
+from chunkd.jobs import FINAL_STATES, JobState
 from chunkd.summary import JobSummary
+from chunkd.tasks import ScopeClosed
 
 if TYPE_CHECKING:
     from chunkd.runtime import Runtime
@@ -69,6 +77,7 @@ async def snapshot(rt: "Runtime", tenant: str | None = None) -> dict[str, Any]:
         })
     return {
         "tenant": tenant,
+        "shares": shares_view(rt, tenant),
         "time": time.time(),
         "node": rt.cluster.node if rt.cluster is not None else None,
         "accepting": rt.accepting,
@@ -172,3 +181,127 @@ class Rates:
             comps[c["name"]] = _Seen(c["bytes"], now, rate)
         self.components = comps
         return snap
+
+
+# --- shares: each flow's bytes per second over the last minutes (the page's charts) ------
+
+SHARE_STEP_S = 2.0  # one sample of every flow's delivered bytes per step
+SHARE_SPAN_S = 300.0  # the samples kept: the charts' last 5 minutes
+MAX_FLOWS_SHOWN = 100
+COMPONENT_FLOW = "component/"  # a job with no tenant counts against its component's flow
+
+
+def delivered_by_flow(rt: "Runtime") -> dict[str, int]:
+    """Bytes delivered so far per flow: the fair-share scheduler's own count
+    (runtime.fairshare.delivered, chunkd/fairshare.py), or, in code without it, the
+    components' delivered-bytes counters as flows "component/NAME"."""
+    fair = getattr(rt, "fairshare", None)
+    got = getattr(fair, "delivered", None)
+    if isinstance(got, dict):
+        return {str(k): int(v) for k, v in got.items()}
+    return {COMPONENT_FLOW + name: int(rt.metrics.value("chunkd_bytes_delivered_total", component=name))
+            for name in rt.pools}
+
+
+class ShareHistory:
+    """A bounded ring of samples (monotonic time, bytes delivered per flow), one per
+    `step_s`, the last `span_s` of them; `rates()` turns consecutive samples into bytes/s."""
+
+    def __init__(self, step_s: float = SHARE_STEP_S, span_s: float = SHARE_SPAN_S) -> None:
+        self.step_s = step_s
+        self.span_s = span_s
+        self.samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=int(span_s / step_s) + 1)
+
+    def sample(self, now: float, delivered: dict[str, int]) -> None:
+        self.samples.append((now, dict(delivered)))
+
+    def rates(self) -> dict[str, list[float]]:
+        """Per flow seen in the window: bytes/s over each step, oldest first. A flow absent
+        from a sample had delivered nothing yet; a count that went down was reset (the
+        flow forgotten and seen again): its new count is that step's bytes."""
+        flows: set[str] = set()
+        for _, counts in self.samples:
+            flows.update(counts)
+        out: dict[str, list[float]] = {f: [] for f in flows}
+        pairs = list(self.samples)
+        for (t0, a), (t1, b) in zip(pairs, pairs[1:]):
+            dt = t1 - t0
+            for f in flows:
+                cur, prev = b.get(f, 0), a.get(f, 0)
+                moved = cur - prev if cur >= prev else cur
+                out[f].append(moved / dt if dt > 0 else 0.0)
+        return out
+
+    async def run(self, rt: "Runtime") -> None:
+        """Sample every `step_s` until cancelled (the runtime's background scope owns it)."""
+        while True:
+            self.sample(time.monotonic(), delivered_by_flow(rt))
+            await asyncio.sleep(self.step_s)
+
+
+_HISTORIES: "weakref.WeakKeyDictionary[Runtime, ShareHistory]" = weakref.WeakKeyDictionary()
+
+
+def share_history(rt: "Runtime") -> ShareHistory | None:
+    """The runtime's share history, its sampler started on first use (the daemon starts it
+    at startup; owned by the runtime's background scope, which ends it at close).
+    None once the runtime is closing."""
+    h = _HISTORIES.get(rt)
+    if h is None:
+        h = ShareHistory()
+        try:
+            rt.background.spawn(h.run(rt), name="share-history")
+        except ScopeClosed:
+            return None
+        _HISTORIES[rt] = h
+    return h
+
+
+def _flow_weight(rt: "Runtime", flow: str) -> int:
+    fair = getattr(rt, "fairshare", None)
+    if fair is not None and hasattr(fair, "weight"):
+        return int(fair.weight(flow))
+    cfg = rt.config
+    if flow.startswith(COMPONENT_FLOW):
+        c = cfg.components.get(flow[len(COMPONENT_FLOW):])
+        return (c.weight if c is not None else 0) or cfg.daemon.default_weight
+    t = cfg.tenants.get(flow)
+    return t.weight if t is not None else cfg.daemon.default_weight
+
+
+def shares_view(rt: "Runtime", tenant: str | None = None) -> dict[str, Any] | None:
+    """Per flow (keyed by flow: a tenant's name, or "component/NAME"): its weight, quota,
+    unfinished jobs, bytes delivered and bytes/s per step over the window. `tenant`: that
+    tenant's flow only. Flows shown: every tenant, and every component flow (all of them
+    in a daemon without tenants; with tenants, those that delivered or have jobs)."""
+    h = share_history(rt)
+    if h is None:
+        return None
+    cfg = rt.config
+    rates = h.rates()
+    totals = delivered_by_flow(rt)
+    jobs: dict[str, int] = {}
+    for job in rt.jobs.values():
+        if job.state in (JobState.QUEUED, JobState.RUNNING):
+            f = job.tenant if job.tenant is not None else COMPONENT_FLOW + job.component
+            jobs[f] = jobs.get(f, 0) + 1
+    flows: list[str] = list(cfg.tenants)
+    for name in sorted(rt.pools):
+        f = COMPONENT_FLOW + name
+        if not cfg.tenants or totals.get(f) or jobs.get(f) or any(rates.get(f, ())):
+            flows.append(f)
+    if tenant is not None:
+        flows = [f for f in flows if f == tenant]
+    out: dict[str, Any] = {}
+    for f in flows[:MAX_FLOWS_SHOWN]:
+        t = cfg.tenants.get(f)
+        comp = cfg.components.get(f[len(COMPONENT_FLOW):]) if f.startswith(COMPONENT_FLOW) else None
+        quota = {"max_bytes_per_second": t.max_bytes_per_second if t is not None else
+                 (comp.max_bytes_per_second if comp is not None else 0),
+                 "max_jobs": t.max_jobs if t is not None else 0,
+                 "max_buffered_bytes": t.max_buffered_bytes if t is not None else 0}
+        out[f] = {"tenant": f if t is not None else None,
+                  "component": comp.name if comp is not None else None,
+                  "weight": _flow_weight(rt, f), "quota": quota, "jobs": jobs.get(f, 0),
+                  "bytes": totals.get(f, 0), "rates": [round(r) for r in rates.get(f, [])]}
+    return {"step_s": h.step_s, "span_s": h.span_s, "flows": out}

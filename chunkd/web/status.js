@@ -119,6 +119,74 @@ function renderComponents(snap) {
       <td class="num">${rate(c.rate)}</td><td class="num">${bytes(c.bytes)}</td></tr>`).join('');
 }
 
+// ---- shares: each flow's bytes per second over the last minutes, beside its quota ----------
+
+const CHART_W = 300;
+const CHART_H = 60;
+const PLOT_H = CHART_H - 16; // the plot above, the labels below
+const RECENT_POINTS = 5; // the 'recent' column: the mean of the last few steps
+
+// an inline SVG: one point per sample step, the newest at the right edge, the quota's
+// max_bytes_per_second (if any) as a dashed line; the y scale fits the peak and the quota
+function shareChart(flow, f, stepS, spanS) {
+  const rates = f.rates || [];
+  const cap = (f.quota && f.quota.max_bytes_per_second) || 0;
+  const peak = rates.reduce((m, r) => Math.max(m, r), 0);
+  // the scale fits the data; the cap's line is drawn when it is within 1.5x the peak
+  // (a far higher cap would flatten the data), and named in the label either way
+  const showCap = cap > 0 && (peak === 0 || cap <= 1.5 * peak);
+  const top = Math.max(peak, showCap ? cap : 0, 1) * 1.15;
+  const slots = Math.max(1, Math.round(spanS / stepS));
+  const dx = CHART_W / slots;
+  const y = (r) => (4 + PLOT_H * (1 - r / top)).toFixed(1);
+  const pts = rates.map((r, i) => [(CHART_W - (rates.length - 1 - i) * dx).toFixed(1), y(r)]);
+  let shapes = '';
+  if (pts.length) {
+    const line = pts.map(([px, py], i) => `${i ? 'L' : 'M'}${px},${py}`).join('');
+    const base = 4 + PLOT_H;
+    const area = `M${pts[0][0]},${base}` + pts.map(([px, py]) => `L${px},${py}`).join('') + `L${CHART_W},${base}Z`;
+    shapes = `<path class="area" d="${area}"/><path class="line" d="${line}"/>`;
+  }
+  const last = rates.length ? rates[rates.length - 1] : 0;
+  return `<svg class="share-chart" data-flow="${esc(flow)}" data-points="${rates.length}" data-peak="${Math.round(peak)}"
+      data-last="${Math.round(last)}" width="${CHART_W}" height="${CHART_H}" viewBox="0 0 ${CHART_W} ${CHART_H}"
+      role="img" aria-label="${esc(flow)}: bytes per second, last ${duration(spanS)}">
+    <title>${esc(flow)}: bytes delivered per second over the last ${duration(spanS)}, one point per ${stepS}s; peak ${rate(peak)}${cap ? `, cap ${rate(cap)}` : ''}</title>
+    ${shapes}${showCap ? `<line class="quota" x1="0" x2="${CHART_W}" y1="${y(cap)}" y2="${y(cap)}"/>` : ''}
+    <text x="4" y="${CHART_H - 3}">peak ${esc(rate(peak))}${cap ? ` · cap ${esc(rate(cap))}` : ''}</text>
+    <text x="${CHART_W - 4}" y="${CHART_H - 3}" text-anchor="end">now</text></svg>`;
+}
+
+function quotaText(f) {
+  const q = f.quota || {};
+  const parts = [q.max_bytes_per_second ? `≤ ${rate(q.max_bytes_per_second)}` : 'no rate cap'];
+  parts.push(q.max_jobs ? `jobs ${f.jobs}/${q.max_jobs}` : `jobs ${f.jobs}`);
+  if (q.max_buffered_bytes) parts.push(`buffer ≤ ${bytes(q.max_buffered_bytes)}`);
+  return parts.join(' · ');
+}
+
+function renderShares(snap) {
+  const sh = snap.shares;
+  const flows = sh ? Object.entries(sh.flows || {}) : [];
+  $('shares-section').hidden = !sh;
+  if (!sh) return;
+  $('shares-span').textContent = sh.span_s % 60 === 0 ? `${sh.span_s / 60} min` : duration(sh.span_s);
+  $('shares-recent').textContent = `last ${duration(RECENT_POINTS * sh.step_s)}`;
+  $('shares').innerHTML = flows.length ? flows.map(([flow, f]) => {
+    const rates = f.rates || [];
+    const mean = (xs) => (xs.length ? xs.reduce((a, r) => a + r, 0) / xs.length : null);
+    const avg = mean(rates);
+    const recent = mean(rates.slice(-RECENT_POINTS)); // a batch counts when it returns: a few steps even out
+    const name = f.tenant !== null && f.tenant !== undefined
+      ? `<strong>${esc(f.tenant)}</strong>`
+      : `<span class="muted">component</span> <strong>${esc(f.component || flow)}</strong>`;
+    return `<tr data-flow="${esc(flow)}"><td>${name}</td><td class="num">${f.weight}</td>
+      <td class="quota-text">${esc(quotaText(f))}</td><td>${shareChart(flow, f, sh.step_s, sh.span_s)}</td>
+      <td class="num">${rate(recent)}</td><td class="num">${rate(avg)}</td>
+      <td class="num">${bytes(f.bytes)}</td></tr>`;
+  }).join('') : '<tr><td colspan="7" class="muted">none yet</td></tr>';
+}
+
 // the blobs a job writes back: container/name, bytes, state (writing, sealed, committed, aborted)
 function outputList(outs) {
   return outs.map((o) => `<span class="output state-${esc(o.state)}" data-output="${esc(o.container)}/${esc(o.name)}">`
@@ -147,6 +215,7 @@ function render(snap) {
   $('budget-text').textContent = `${bytes(b.in_use)} of ${bytes(b.limit)} in use (${pct.toFixed(1)}%)`;
   renderRunning(snap);
   renderQueued(snap);
+  renderShares(snap);
   renderComponents(snap);
   renderRecent(snap);
 }
