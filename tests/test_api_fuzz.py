@@ -165,3 +165,143 @@ def test_the_daemon_still_serves_and_lost_no_accepted_job(daemon: Server) -> Non
             return body["state"] in ("completed", "failed", "cancelled")
         wait_for(ended, 60, 0.1, f"job {job_id} to end")
     print(f"fuzz: {len(accepted)} fuzzed jobs accepted, every one found and ended")
+
+
+# --- cross-tenant: another tenant's ids, lists, cancels, streams, status, page (docs/tenants.md) ---
+
+TENANT_TOKENS = {"a": "fuzz-tenant-a-0123456789", "b": "fuzz-tenant-b-0123456789", "r": "fuzz-tenant-r-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def tenants_daemon(tmp_path_factory: pytest.TempPathFactory, guests: dict[str, Path]) -> Iterator[tuple[Server, dict[str, str]]]:
+    """A daemon with tenants a, b (submit) and r (read); a has one ended job and one that
+    streams (paced) for the whole test."""
+    tmp = tmp_path_factory.mktemp("fuzz-tenants")
+    (tmp / "blobs").mkdir()
+    (tmp / "blobs" / "a.bin").write_bytes(os.urandom(10_000))
+    (tmp / "blobs" / "long.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    port = free_port()
+    cfg = tmp / "chunkd.toml"
+    cfg.write_text(f"""
+[daemon]
+listen = "127.0.0.1:{port}"
+state_dir = "{tmp / 'state'}"
+auth_token = "{TOKEN}"
+max_request_bytes = "16KiB"
+[limits]
+max_queued_jobs = 50
+[containers.local]
+kind = "file"
+root = "{tmp / 'blobs'}"
+[components.sha256]
+path = "{guests['sha256']}"
+[components.paced]
+path = "{guests['sha256']}"
+max_bytes_per_second = "512KiB"
+[tenants.a]
+token = "{TENANT_TOKENS['a']}"
+[tenants.b]
+token = "{TENANT_TOKENS['b']}"
+[tenants.r]
+token = "{TENANT_TOKENS['r']}"
+role = "read"
+""")
+    s = Server(cfg, port, tmp / "daemon.log").start()
+    a = {"Authorization": f"Bearer {TENANT_TOKENS['a']}"}
+    code, done = s.request("POST", "/v1/jobs", {"component": "sha256", "args": ["local", "a.bin"]}, headers=a)
+    assert code == 202
+    code, run = s.request("POST", "/v1/jobs", {"component": "paced", "args": ["local", "long.bin"]}, headers=a)
+    assert code == 202
+    ids = {"A_DONE": done["job_id"], "A_RUN": run["job_id"]}
+    wait_for(lambda: s.request("GET", f"/v1/jobs/{ids['A_DONE']}", headers=a)[1]["state"] == "completed", 60, 0.1,
+             "a's first job to end")
+    wait_for(lambda: s.request("GET", f"/v1/jobs/{ids['A_RUN']}", headers=a)[1]["streams"], 60, 0.1,
+             "a's paced job to stream")
+    yield s, ids
+    s.stop()
+
+
+cross_paths = st.one_of(
+    st.sampled_from(["/v1/jobs/A_DONE", "/v1/jobs/A_RUN", "/v1/jobs/A_RUN/", "/v1/jobs/A_RUN%00", "/v1/jobs/a_run",
+                     "/v1/jobs/A_RUN/../A_DONE", "/v1/jobs/%41_RUN", "/v1/jobs", "/v1/streams", "/v1/status",
+                     "/v1/status/events", "/metrics", "/", "/ui/status.js", "/ui/status.css", "/healthz"]),
+    st.text(alphabet="abcdef0123456789", min_size=15, max_size=17).map(lambda j: f"/v1/jobs/{j}"),
+)
+cross_queries = st.sampled_from(["", "?state=running", "?state=completed", "?limit=10000", "?limit=1",
+                                 "?tenant=a", "?job_id=A_RUN", "?interval=10"])
+cross_tokens = st.sampled_from(["b", "r", "b", "unknown", "a-prefix", "none"])
+
+
+def _cross_headers(who: str) -> dict[str, str]:
+    if who == "none":
+        return {}
+    token = {"unknown": "fuzz-tenant-z-0123456789", "a-prefix": TENANT_TOKENS["a"][:-1]}.get(who) or TENANT_TOKENS[who]
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def _send_bounded(port: int, method: str, target: str, body: bytes | None, hdrs: dict[str, str]) -> tuple[int, str, bytes]:
+    """Like _send, but an event stream is read for a bounded number of bytes (it never ends)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, target, body=body, headers=hdrs)
+        r = conn.getresponse()
+        ctype = r.getheader("Content-Type", "")
+        if method == "HEAD":
+            return r.status, ctype, b""
+        if "event-stream" not in ctype:
+            return r.status, ctype, r.read()
+        lines: list[bytes] = []
+        while sum(1 for line in lines if line.startswith(b"data: ")) < 3:  # three snapshots, then leave
+            line = r.readline()
+            if not line:
+                break
+            lines.append(line)
+        return r.status, ctype, b"".join(lines)
+    finally:
+        conn.close()
+
+
+@settings(max_examples=max(40, EXAMPLES // 2), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(method=st.sampled_from(["GET", "GET", "DELETE", "POST", "HEAD", "PUT"]), path=cross_paths,
+       query=cross_queries, who=cross_tokens,
+       body=st.one_of(st.none(), st.sampled_from([b'{"component": "sha256", "args": ["local", "a.bin"]}',
+                                                  b'{"component": "sha256", "args": ["A_RUN"]}',
+                                                  b'{"job_id": "A_RUN"}'])))
+def test_no_answer_to_another_tenant_shows_its_jobs(tenants_daemon: tuple[Server, dict[str, str]], method: str,
+                                                    path: str, query: str, who: str, body: bytes | None) -> None:
+    s, ids = tenants_daemon
+    target = path + query
+    for k, v in ids.items():
+        target = target.replace(k, v)
+        body = body.replace(k.encode(), v.encode()) if body is not None else None
+    if target.startswith("/v1/status/events"):
+        target = "/v1/status/events?interval=0.2"  # a few events, then the client leaves
+    status, ctype, data = _send_bounded(s.port, method, target, body, _cross_headers(who))
+    assert status < 500 or status == 503, (method, target, who, status, data[:200])
+    allowed = _allowed(method, target)
+    assert status in allowed or status == 431 or (status == 400 and _route(target.split("?")[0]) is None), \
+        (method, target, who, status, data[:300], sorted(allowed))
+    for jid in ids.values():
+        sent = jid in target or (body is not None and jid.encode() in body)  # an id echoed back is no leak
+        assert jid.encode() not in data or sent, (method, target, who, status, data[:300])
+        if f"/v1/jobs/{jid}" == target.split("?")[0] and status != 405:
+            # another tenant's job: 404 like an unknown id (401 without a good token; 403 for a read role's DELETE)
+            expect = {"none": 401, "unknown": 401, "a-prefix": 401}.get(who) or (
+                403 if (who == "r" and method == "DELETE") else 404)
+            assert status == expect, (method, target, who, status, data[:200])
+            if status == 404 and method != "HEAD":
+                assert json.loads(data) == {"error": f"no job {jid!r}"}
+    if status == 202 and method == "POST":
+        accepted.append(json.loads(data)["job_id"])
+
+
+def test_the_other_tenants_jobs_are_untouched(tenants_daemon: tuple[Server, dict[str, str]]) -> None:
+    s, ids = tenants_daemon
+    a = {"Authorization": f"Bearer {TENANT_TOKENS['a']}"}
+    assert s.request("GET", f"/v1/jobs/{ids['A_DONE']}", headers=a)[1]["state"] == "completed"
+    running = s.request("GET", f"/v1/jobs/{ids['A_RUN']}", headers=a)[1]
+    assert running["state"] == "running" and not running["error"], running  # no cancel from b got through
+    listed = s.request("GET", "/v1/jobs?limit=10000", headers=a)[1]["jobs"]
+    assert {j["job_id"] for j in listed} == set(ids.values()) and {j["tenant"] for j in listed} == {"a"}
+    assert s.request("DELETE", f"/v1/jobs/{ids['A_RUN']}", headers=a)[0] == 202

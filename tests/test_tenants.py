@@ -433,3 +433,93 @@ async def test_a_store_from_before_tenants_gains_the_column(tmp_path: Path) -> N
         assert (await store.get("new1") or {}).get("tenant") == "a"
     finally:
         await store.close()
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def test_the_cli_works_with_a_tenant_token(daemon: Server) -> None:
+    import subprocess
+    import sys
+
+    from tests.service_support import ROOT
+
+    def cli(token: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chunkd", args[0], "--url", daemon.url, "--token", token,
+                               *args[1:]], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    r = cli(TOK["a"], "submit", "--wait", "sha256", "local", "small.bin")
+    assert r.returncode == 0 and "completed" in r.stdout, r.stderr
+    r = cli(TOK["a"], "submit", "sha256", "local", "small.bin")
+    job_id = r.stdout.strip()
+    assert r.returncode == 0 and len(job_id) == 16, r.stderr
+    wait_state(daemon, job_id, ("completed",))
+    r = cli(TOK["a"], "status", job_id)
+    assert r.returncode == 0 and "completed" in r.stdout, r.stderr
+    r = cli(TOK["a"], "status")
+    assert r.returncode == 0 and job_id in r.stdout
+    r = cli(TOK["b"], "status")
+    assert r.returncode == 0 and job_id not in r.stdout
+    for cmd in ("status", "cancel"):
+        r = cli(TOK["b"], cmd, job_id)
+        assert r.returncode != 0 and f"no job '{job_id}'" in r.stderr, (cmd, r.stdout, r.stderr)
+    r = cli(TOK["r"], "submit", "sha256", "local", "small.bin")
+    assert r.returncode != 0 and "role 'read'" in r.stderr, r.stderr
+    r = cli("not-a-token-at-all-xx", "status")
+    assert r.returncode != 0 and "token" in r.stderr, r.stderr
+
+
+# --- cluster mode -------------------------------------------------------------------------
+
+def test_tenants_in_cluster_mode(tmp_path: Path, guests: dict[str, Path], state_dir: Path) -> None:
+    from tests.cluster_support import NatsServer, start_node
+
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    make_blob(blobs, "small.bin", 100_000)
+    make_blob(blobs, "long.bin", 64 * 1024 * 1024)
+    tenants = f"""
+[tenants.a]
+token = "{TOK['a']}"
+max_jobs = 1
+[tenants.b]
+token = "{TOK['b']}"
+"""
+    nats = NatsServer(tmp_path / "nats-store", tmp_path / "nats.log").start()
+    nodes: list[Server] = []
+    try:
+        for name in ("n1", "n2"):
+            nodes.append(start_node(tmp_path, name, nats.url, guests, blobs, state_dir / "cache",
+                                    extra_components=tenants, daemon_extra=f'auth_token = "{ADMIN}"'))
+        n1, n2 = nodes
+        long = submit(n1, TOK["a"], "paced", ["local", "long.bin"])
+        # the quota holds across the cluster: at once on the same node, and from the other node
+        # once its index has the record
+        code, body = n1.request("POST", "/v1/jobs", {"component": "paced", "args": ["local", "small.bin"]},
+                                headers=auth(TOK["a"]))
+        assert (code, body) == (429, {"error": "tenant 'a' is at its quota tenants.a.max_jobs = 1 (queued and running)"})
+        wait_for(lambda: get(n2, TOK["a"], f"/v1/jobs/{long}")[0] == 200, 30, 0.1, "n2 to know a's job")
+        assert n2.request("POST", "/v1/jobs", {"component": "paced", "args": ["local", "small.bin"]},
+                          headers=auth(TOK["a"]))[0] == 429
+        b_job = submit(n2, TOK["b"], "sha256", ["local", "small.bin"])
+        wait_state(n1, b_job, ("completed",))
+        for node in nodes:
+            # another tenant's job: the unknown id's answer, on every node; lists are its own
+            assert unknown_answer(node, TOK["b"], long) == (404, {"error": f"no job {long!r}"})
+            assert unknown_answer(node, TOK["b"], long, "DELETE") == (404, {"error": f"no job {long!r}"})
+            assert {j["job_id"] for j in get(node, TOK["b"], "/v1/jobs")[1]["jobs"]} == {b_job}
+            assert {j["job_id"] for j in get(node, TOK["a"], "/v1/jobs")[1]["jobs"]} == {long}
+            assert {j["job_id"] for j in get(node, TOK["a"], "/v1/jobs?state=completed")[1]["jobs"]} == set()
+            assert long not in json.dumps(get(node, TOK["b"], "/v1/status")[1])
+            assert long not in json.dumps(get(node, TOK["b"], "/v1/streams")[1])
+            rows = {j["job_id"]: j["tenant"] for j in get(node, ADMIN, "/v1/jobs")[1]["jobs"]}
+            assert rows[long] == "a" and rows[b_job] == "b"
+        assert get(n2, TOK["a"], f"/v1/jobs/{long}")[1]["tenant"] == "a"
+        # a cancel from the other node ends it; the quota frees
+        assert n2.request("DELETE", f"/v1/jobs/{long}", headers=auth(TOK["a"]))[0] == 202
+        wait_state(n2, long, ("cancelled",))
+        wait_for(lambda: n2.request("POST", "/v1/jobs", {"component": "sha256", "args": ["local", "small.bin"]},
+                                    headers=auth(TOK["a"]))[0] == 202, 30, 0.2, "a's quota to free on n2")
+    finally:
+        for node in nodes:
+            node.stop()
+        nats.stop()
