@@ -27,6 +27,7 @@ from aiohttp import web
 from chunkd.metrics import CONTENT_TYPE
 from chunkd.errors import ChunkdError, ClusterUnavailable, NotAccepting, QueueFull, UnknownComponent
 from chunkd.runtime import Runtime
+from chunkd.tracing import carrier_from_headers
 from chunkd.status import Rates, SharedSnapshot
 from chunkd.tenancy import Principal, Tokens
 
@@ -151,7 +152,9 @@ async def post_job(request: web.Request) -> web.Response:
         return _error(403, f"tenant {who.tenant!r} may not use component {component!r} (tenants.{who.tenant}.components "
                            f"= {sorted(who.components)})")
     try:
-        job = await rt.accept(component, args, who.tenant)
+        # a valid W3C traceparent (tracestate) is the job's trace parent; a bad one is ignored
+        with rt.tracing.submission(carrier_from_headers(request.headers)):
+            job = await rt.accept(component, args, who.tenant)
     except UnknownComponent as e:
         return _error(404, str(e))
     except QueueFull as e:

@@ -56,6 +56,7 @@ from chunkd.errors import ChunkdError, ClusterUnavailable, QueueFull, QuotaExcee
 from chunkd.jobindex import IndexNotReady, JobIndex
 from chunkd.jobs import FINAL_STATES, Job, JobState
 from chunkd.summary import JobSummary, job_summary, summary_from_record
+from chunkd.tracing import carrier_from_headers
 from chunkd.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -306,7 +307,8 @@ class Cluster:
             rec = job.record()
             try:
                 await self.kv.create(job.id, json.dumps(rec).encode())
-                await self.js.publish(subject(job.component), job.id.encode(), headers={"Nats-Msg-Id": job.id})
+                await self.js.publish(subject(job.component), job.id.encode(),
+                                      headers={"Nats-Msg-Id": job.id, **(job.trace or {})})  # W3C trace context
             except Exception as e:
                 raise ClusterUnavailable(f"NATS did not acknowledge the job: {e}") from None
             if job.tenant is not None and self.index.state_of(job.id) is None:
@@ -444,6 +446,7 @@ class Cluster:
                 log.info("job_message_acked_unrun", attempt=attempt)
                 return
             job, rev = claimed
+            job.trace = carrier_from_headers(msg.headers) or job.trace  # the message's trace context
             hb = asyncio.get_running_loop().create_task(self._heartbeat(msg, job, rev), name=f"chunkd:hb-{job_id}")
             try:
                 await self.rt.runner.run_claimed(job, inst, pool)

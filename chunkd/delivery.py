@@ -102,6 +102,13 @@ class StreamStats:
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     progress_at: float = field(default_factory=time.time)  # when a byte was last delivered (or the start)
+    # the batches that carried it, aggregated (a trace's chunkd.stream attributes, chunkd/tracing.py)
+    batches: int = 0  # trips to the instance thread with a chunk of this stream
+    guest_s: float = 0.0  # seconds in its handle-chunk calls
+    budget_wait_s: float = 0.0  # seconds its reads waited for room in the buffer budget
+    share_wait_s: float = 0.0  # seconds its batches waited for their turn (the fair scheduler's)
+    paced_s: float = 0.0  # seconds its batches waited for the pacer (max_bytes_per_second)
+    last_batch: int = -1  # the number of the last batch counted in `batches`
 
 
 def read_unit_for(chunk_size: int, preferred: int, budget_limit: int) -> int:
@@ -216,7 +223,9 @@ class Delivery:
 
     async def _take(self, n: int) -> int:
         self._check_open()
+        t0 = time.monotonic()
         granted = await self.budget.acquire(n)
+        self.stats.budget_wait_s += time.monotonic() - t0
         if self.stopped:  # granted after the end: the ledger is closed, it goes straight back
             self.budget.release(granted)
             self._check_open()

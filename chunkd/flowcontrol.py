@@ -98,14 +98,17 @@ class Pacer:
         self.rate = rate
         self._next = 0.0
 
-    async def take(self, n: int) -> None:
+    async def take(self, n: int) -> float:
+        """Wait for `n` bytes' turn; returns the seconds waited (a stream's time paced)."""
         if self.rate <= 0 or n <= 0:
-            return
+            return 0.0
         now = time.monotonic()
         start = max(now, self._next)
         self._next = start + n / self.rate
         if start > now:
             await asyncio.sleep(start - now)
+            return start - now
+        return 0.0
 
 
 async def read_with_retry(blob: "Blob", offset: int, length: int, retries: int, backoff_s: float,

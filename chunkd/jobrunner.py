@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from chunkd.outputs import JobOutputs
     from chunkd.pool import InstancePool
     from chunkd.flowcontrol import BufferBudget
+    from chunkd.tracing import Tracing
 
 
 class RunnerHost(Protocol):
@@ -49,6 +50,9 @@ class RunnerHost(Protocol):
 
     @property
     def services(self) -> "RuntimeServices": ...
+
+    @property
+    def tracing(self) -> "Tracing": ...
 
     async def job_outputs(self, job_id: str, component: str, attempt: int) -> "JobOutputs": ...
 
@@ -256,6 +260,7 @@ class JobRunner:
 
     async def _run_job(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
         with structlog.contextvars.bound_contextvars(job_id=job.id, component=job.component):
+            job.span = self.rt.tracing.job(job.id, job.component, job.tenant, job.attempts + 1, job.trace)
             try:
                 await self._attempt(job, claimed)
             except asyncio.CancelledError:
@@ -273,6 +278,9 @@ class JobRunner:
             finally:
                 self._task_of.pop(job.id, None)
                 self._waiting.discard(job.id)
+                if job.span is not None:  # this attempt's span ends with it, whatever the end
+                    span, job.span = job.span, None
+                    span.end(str(job.state), job.error, job.attempts, job.node)
 
     async def _attempt(self, job: Job, claimed: "tuple[InstanceBase, InstancePool] | None" = None) -> None:
         if claimed is not None:
@@ -289,6 +297,8 @@ class JobRunner:
                 inst = await pool.acquire()
             finally:
                 self._waiting.discard(job.id)
+            if job.span is not None:
+                job.span.queued_until_now()
         self._inst_of[job.id] = inst
         try:
             job.state = JobState.RUNNING

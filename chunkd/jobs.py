@@ -11,12 +11,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from chunkd.streamview import StreamSummary, stream_summary
+from chunkd.tracing import submitted_trace, valid_carrier
 
 if TYPE_CHECKING:
     from chunkd.delivery import Delivery
     from chunkd.host.instance import InstanceBase, OutputPort
     from chunkd.host.streamtable import HostStream
     from chunkd.outputs import JobOutputs
+    from chunkd.tracing import JobTrace
 
 
 class JobState(StrEnum):
@@ -140,6 +142,10 @@ class Job:
     output_lines: int = 0  # guest output lines seen (stdout and stderr), for log throttling
     past_outputs: list[dict[str, Any]] = field(default_factory=list)  # from the store (or the cluster's record)
     live_outputs: "JobOutputs | None" = None  # this node's last attempt's outputs (chunkd/outputs.py)
+    # W3C trace context {"traceparent", "tracestate"} its attempts' spans continue (chunkd/tracing.py):
+    # the submission's (POST /v1/jobs), persisted so a resumed or moved job stays one trace
+    trace: dict[str, str] | None = field(default_factory=submitted_trace)
+    span: "JobTrace | None" = field(default=None, repr=False)  # this attempt's, while traces are on
     inbox: "RunInbox" = field(init=False, repr=False)  # what the instance thread and the delivery loop share
 
     def __post_init__(self) -> None:
@@ -158,6 +164,7 @@ class Job:
             "ended_at": self.ended_at, "invoke_ok": self.invoke_ok, "invoke_result": self.invoke_result,
             "error": self.error, "streams": self.stream_summaries(), "output": list(self.output),
             "node": self.node, "outputs": self.output_summaries(), "tenant": self.tenant,
+            "trace": self.trace,
         }
 
     @classmethod
@@ -169,6 +176,7 @@ class Job:
         job.output.extend(r["output"])
         job.node = r.get("node")
         job.tenant = r.get("tenant")  # records written before tenants have none
+        job.trace = valid_carrier(r.get("trace"))  # records written before traces have none
         job.past_streams = list(r["streams"])
         job.past_outputs = list(r.get("outputs") or [])
         return job

@@ -43,6 +43,7 @@ from chunkd.sources import Container, build_container
 from chunkd.streamview import stream_summary
 from chunkd.summary import JobSummary, job_summary, summary_from_record
 from chunkd.tasks import TaskScope
+from chunkd.tracing import Tracing
 
 if TYPE_CHECKING:
     from chunkd.cluster import Cluster
@@ -74,6 +75,8 @@ class Runtime:
         # the one owner of [limits]: pools, instances and host services read it, a reload updates it
         self.limits = LiveLimits(config.limits)
         self.budget = BufferBudget(config.limits.max_buffered_bytes)
+        # [telemetry]: the tracer's owner (off: no exporter); a reload keeps it (restart to change)
+        self.tracing = Tracing(config.telemetry, node)
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunkd-io")
         self.background = TaskScope("runtime")
         self.runner = JobRunner(self, store)
@@ -243,6 +246,7 @@ class Runtime:
         if self._own_ledger is not None:
             await self._own_ledger.close()
         self.io_executor.shutdown(wait=False)
+        await self.tracing.close()  # the last spans (ended jobs') flushed within a deadline
         self.closed = True
 
     @property

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from chunkd.host.instance import InstanceBase
     from chunkd.jobs import Job
+    from chunkd.tracing import JobTrace
 
 log = structlog.get_logger("chunkd.streamset")
 
@@ -71,6 +72,27 @@ def clip_result(text: str) -> str:
     return text[:MAX_INVOKE_RESULT] + f"... [{len(text) - MAX_INVOKE_RESULT} more characters not kept]"
 
 
+def charge_wait(batch: list[tuple[Delivery, Chunk]], what: str, seconds: float) -> None:
+    """A batch waited `seconds` before its trip (`what`: "paced_s", or "share_wait_s" for
+    the fair scheduler's turn): each stream in it is charged once, in its StreamStats."""
+    for d in {d for d, _ in batch}:
+        setattr(d.stats, what, getattr(d.stats, what) + seconds)
+
+
+def trace_stream(span: "JobTrace", d: Delivery, end: values.StreamEnd) -> None:
+    """A stream ended on a traced job: its chunkd.stream span, batches aggregated."""
+    st = d.stats
+    span.stream({
+        "chunkd.stream.container": d.stream.container, "chunkd.stream.blob": d.stream.name,
+        "chunkd.stream.correlation_id": d.correlation_id, "chunkd.stream.chunk_size": d.chunk_size,
+        "chunkd.stream.size": -1 if d.size is None else d.size, "chunkd.stream.direct": d.direct,
+        "chunkd.stream.outcome": end.kind, "chunkd.stream.chunks": st.chunks, "chunkd.stream.bytes": st.bytes,
+        "chunkd.stream.retries": st.retries, "chunkd.stream.batches": st.batches,
+        "chunkd.stream.guest_s": round(st.guest_s, 6), "chunkd.stream.budget_wait_s": round(st.budget_wait_s, 6),
+        "chunkd.stream.share_wait_s": round(st.share_wait_s, 6), "chunkd.stream.paced_s": round(st.paced_s, 6),
+    }, st.started_at, st.ended_at or time.time(), end.reason if end.kind == "failed" else None)
+
+
 class StreamSet:
     def __init__(self, job: "Job", inst: "InstanceBase", budget: BufferBudget, settings: StreamSettings,
                  accounting: StreamAccounting) -> None:
@@ -80,6 +102,7 @@ class StreamSet:
         self.settings = settings
         self.accounting = accounting
         self._tg: asyncio.TaskGroup | None = None
+        self._batch_no = 0  # batches accounted for (a stream's stats count those that carried it)
 
     async def run(self) -> Outcome:
         """The job's one attempt on this instance. Returns its outcome; raises only
@@ -273,7 +296,9 @@ class StreamSet:
     async def _send(self, batch: list[tuple[Delivery, Chunk]], fresh: bool) -> BatchResult:
         pacer = self.settings.pacer
         if pacer.rate > 0:
-            await pacer.take(sum(c.length for _, c in batch))
+            paced = await pacer.take(sum(c.length for _, c in batch))
+            if paced:
+                charge_wait(batch, "paced_s", paced)
         calls: list[HandleCall] = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data)
                                    for d, c in batch]
         return await self.inst.handle_chunks(calls, fresh)
@@ -290,8 +315,14 @@ class StreamSet:
         ends: list[tuple[Delivery, values.StreamEnd]] = []
         # account for every chunk of the batch first: an end told to the guest may trap
         delivered = nbytes = 0
+        self._batch_no = seq = self._batch_no + 1
         for i, (d, c) in enumerate(batch):
             o = result.outcome(i)
+            st = d.stats
+            st.guest_s += o.seconds
+            if st.last_batch != seq:
+                st.batches += 1
+                st.last_batch = seq
             n, got = c.delivered(o.made)
             if n:
                 d.account(c, n, got)
@@ -329,6 +360,8 @@ class StreamSet:
         self.inst.streams.end(d.stream)  # its correlation-id is free; the table lets go once the handle is dropped
         self.accounting.stream_ended(d, end)
         d.log.info("stream_ended", end=str(end), chunks=d.stats.chunks, bytes=d.stats.bytes, retries=d.stats.retries)
+        if self.job.span is not None:
+            trace_stream(self.job.span, d, end)
         return True
 
     async def _end(self, d: Delivery, end: values.StreamEnd, *, tell_guest: bool) -> None:
