@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +39,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 MAX_ARGS = 1000
 MAX_ARG_LEN = 64 * 1024
 MAX_EVENT_CLIENTS = 32  # status pages listening at once; more get 503
+MAX_EVENT_CLIENTS_PER_TENANT = 8  # one tenant's share of them: it cannot take every listener
 PUBLIC_PATHS = frozenset(("/healthz", "/", "/ui/status.css", "/ui/status.js"))
 UI_FILES = {"/": ("status.html", "text/html"), "/ui/status.css": ("status.css", "text/css"),
             "/ui/status.js": ("status.js", "text/javascript")}
@@ -49,6 +50,7 @@ class EventClients:
     """The status-event connections open now, and the flag that ends them at shutdown."""
 
     count: int = 0
+    per_tenant: dict[str, int] = field(default_factory=dict)
     closing: asyncio.Event | None = None
 
 
@@ -258,6 +260,9 @@ async def status_events(request: web.Request) -> web.StreamResponse:
     clients = request.app[EVENTS]
     if clients.count >= MAX_EVENT_CLIENTS:
         return _error(503, f"too many status listeners (at most {MAX_EVENT_CLIENTS})")
+    tenant = _who(request).tenant
+    if tenant is not None and clients.per_tenant.get(tenant, 0) >= MAX_EVENT_CLIENTS_PER_TENANT:
+        return _error(503, f"too many status listeners of tenant {tenant!r} (at most {MAX_EVENT_CLIENTS_PER_TENANT})")
     if clients.closing is None:
         clients.closing = asyncio.Event()
     closing = clients.closing
@@ -266,6 +271,8 @@ async def status_events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     clients.count += 1
+    if tenant is not None:
+        clients.per_tenant[tenant] = clients.per_tenant.get(tenant, 0) + 1
     try:
         await resp.prepare(request)
         await resp.write(b"retry: 2000\n\n")
@@ -283,6 +290,10 @@ async def status_events(request: web.Request) -> web.StreamResponse:
         log.exception("status_events_error")
     finally:
         clients.count -= 1
+        if tenant is not None:
+            clients.per_tenant[tenant] -= 1
+            if clients.per_tenant[tenant] <= 0:
+                del clients.per_tenant[tenant]
     return resp
 
 

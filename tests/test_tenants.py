@@ -523,3 +523,35 @@ token = "{TOK['b']}"
         for node in nodes:
             node.stop()
         nats.stop()
+
+
+def test_one_tenant_cannot_take_every_status_listener(daemon: Server) -> None:
+    from chunkd.api import MAX_EVENT_CLIENTS_PER_TENANT
+
+    conns: list[http.client.HTTPConnection] = []
+    try:
+        for _ in range(MAX_EVENT_CLIENTS_PER_TENANT):
+            c = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+            c.request("GET", "/v1/status/events?interval=10", headers=auth(TOK["a"]))
+            r = c.getresponse()
+            assert r.status == 200
+            while not r.readline().startswith(b"data: "):  # counted once its first event came
+                pass
+            conns.append(c)
+        code, body = get(daemon, TOK["a"], "/v1/status/events")
+        assert (code, body) == (503, {"error": f"too many status listeners of tenant 'a' "
+                                               f"(at most {MAX_EVENT_CLIENTS_PER_TENANT})"})
+        assert _sse_events(daemon.port, TOK["b"], 1)  # another tenant still gets its page
+    finally:
+        for c in conns:
+            c.close()
+
+    def feed_status() -> int:
+        c = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        try:
+            c.request("GET", "/v1/status/events?interval=10", headers=auth(TOK["a"]))
+            return c.getresponse().status
+        finally:
+            c.close()
+    # the daemon sees a listener gone at its next write (interval 10 s): then a's page comes back
+    wait_for(lambda: feed_status() == 200, 40, 0.5, "a's listeners to be let go")
