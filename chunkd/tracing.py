@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -236,6 +237,24 @@ def traces_url(endpoint: str) -> str:
     return e if e.endswith("/v1/traces") else e + "/v1/traces"
 
 
+class _OncePer(logging.Filter):
+    """Lets a message through at most once per `every_s` seconds: the SDK logs a warning
+    for every span it drops from a full queue (a collector away, jobs going on)."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, -self.every_s) < self.every_s:
+            return False
+        self._last[key] = now
+        return True
+
+
 def _build(cfg: "TelemetryConfig", node: str | None) -> "tuple[TracerProvider, Tracer]":
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
@@ -244,6 +263,10 @@ def _build(cfg: "TelemetryConfig", node: str | None) -> "tuple[TracerProvider, T
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     assert cfg.otlp_endpoint
+    for name in ("opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _OncePer) for f in lg.filters):
+            lg.addFilter(_OncePer(60.0))
     attrs: dict[str, Any] = {"service.name": cfg.service_name}
     if node is not None:
         attrs["service.instance.id"] = node

@@ -291,3 +291,17 @@ def test_cluster_trace_context_rides_in_nats_headers_and_a_moved_job_stays_one_t
         for n in nodes:
             n.stop()
         nats.stop()
+
+
+def test_a_collector_that_is_down_costs_no_job(daemon: Callable[..., Server], tmp_path: Path) -> None:
+    """Nothing listens at otlp_endpoint: jobs complete as ever, and the daemon still stops
+    (its flush at close is bounded)."""
+    data = make_blob(tmp_path / "blobs", "e.bin", 300_000)
+    s = daemon(telemetry=f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{free_port()}"\n')
+    ids = [submit(s, "sha256", ["local", "e.bin"], {"traceparent": TRACEPARENT}) for _ in range(5)]
+    for job_id in ids:
+        j = s.wait_job(job_id)
+        assert j["state"] == "completed" and f"{hashlib.sha256(data).hexdigest()}  e.bin" in j["output"], j
+    assert [e for e in s.log_events() if e.get("event") == "tracing_on"]
+    s.signal(signal.SIGTERM)
+    assert s.wait_exit(60) == 0
