@@ -305,3 +305,38 @@ def test_a_collector_that_is_down_costs_no_job(daemon: Callable[..., Server], tm
     assert [e for e in s.log_events() if e.get("event") == "tracing_on"]
     s.signal(signal.SIGTERM)
     assert s.wait_exit(60) == 0
+
+
+async def test_the_trace_carrier_is_kept_by_the_job_store_and_an_old_store_gains_its_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from chunkd.jobs import QUEUED, Job
+    from chunkd.jobstore import SqliteJobStore
+    from chunkd.tracing import submitted_trace, Tracing
+    path = tmp_path / "jobs.sqlite3"
+    db = sqlite3.connect(path)  # the jobs table as a store before traces (and tenants) wrote it
+    db.execute("""CREATE TABLE jobs (id TEXT PRIMARY KEY, component TEXT NOT NULL, args TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL,
+        ended_at REAL, invoke_ok INTEGER, invoke_result TEXT, error TEXT, streams TEXT NOT NULL DEFAULT '[]',
+        output TEXT NOT NULL DEFAULT '[]')""")
+    db.execute("INSERT INTO jobs (id, component, args, state, created_at) VALUES ('old', 'c', '[]', 'queued', 1.0)")
+    db.commit()
+    db.close()
+    store = SqliteJobStore(path)
+    await store.open()
+    try:
+        with Tracing(None).submission({"traceparent": TRACEPARENT, "tracestate": "v=1"}):
+            job = Job(component="c", args=[], state=QUEUED)  # takes the submission's carrier
+        assert submitted_trace() is None
+        await store.save(job.record())
+        plain = Job(component="c", args=[], state=QUEUED)
+        await store.save(plain.record())
+        recs = {r["id"]: r for r in await store.unfinished()}
+        assert Job.from_record(recs[job.id]).trace == {"traceparent": TRACEPARENT, "tracestate": "v=1"}
+        assert Job.from_record(recs[plain.id]).trace is None
+        assert Job.from_record(recs["old"]).trace is None  # the row from before has none
+        # a carrier tampered with in the store is dropped, not trusted
+        rec = dict(recs[job.id], trace={"traceparent": "00-zz"})
+        assert Job.from_record(rec).trace is None
+    finally:
+        await store.close()
