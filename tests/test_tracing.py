@@ -108,7 +108,8 @@ def test_traceparent_is_the_job_parent_and_streams_aggregate_their_batches(
     assert j["state"] == "completed", j
     assert f"{hashlib.sha256(data).hexdigest()}  a.bin" in j["output"]
 
-    trace = jaeger.wait_trace(TRACE_ID, lambda t: job_spans(t, job_id) and len(spans(t, "chunkd.stream")) == 2)
+    trace = jaeger.wait_trace(TRACE_ID, lambda t: job_spans(t, job_id) and len(spans(t, "chunkd.stream")) == 2
+                              and spans(t, "chunkd.queued"))
     (job,) = job_spans(trace, job_id)
     assert job["traceID"] == TRACE_ID
     assert parent_span_id(job) == PARENT_SPAN  # the caller's span is the job's parent
