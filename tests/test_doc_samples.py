@@ -202,7 +202,7 @@ def test_a_guest_that_lets_a_non_string_err_escape_still_shows_the_reason(tmp_pa
     stderr."""
     src = samples()["py-sha256"].files["app.py"]
     careless = re.sub(r"try:  # a failed import.*?\n(\s+)stream = blobs.open\(container, name\)\n\s+except Err as e:\n"
-                      r"\s+raise Err\(f\"open \{container\}/\{name\}: \{e.value\}\"\)\n",
+                      r"\s+raise Err\(f\"open \{container\}/\{name\}: \{why\(e\)\}\"\)\n",
                       r"stream = blobs.open(container, name)\n", src, flags=re.S)
     assert careless != src and "except Err as e:\n                raise Err(f\"open" not in careless
     guest = tmp_path / "guest"
