@@ -43,7 +43,7 @@ import structlog
 from chunkd.errors import SourceError
 from chunkd.host import values
 from chunkd.host.instance import DirectRun
-from chunkd.flowcontrol import BufferBudget, read_with_retry
+from chunkd.flowcontrol import NO_FLOW, BufferBudget, read_with_retry
 
 if TYPE_CHECKING:
     from chunkd.host.streamtable import HostStream
@@ -124,8 +124,10 @@ class Delivery:
 
     def __init__(self, *, component: str, stream: "HostStream", correlation_id: int, chunk_size: int,
                  start: int, prefetch: int, budget: BufferBudget, retries: int, backoff_s: float,
-                 on_ready: Callable[["Delivery"], None], job_id: str, direct_fd: int | None = None) -> None:
+                 on_ready: Callable[["Delivery"], None], job_id: str, direct_fd: int | None = None,
+                 flow: str = NO_FLOW) -> None:
         self.stream = stream
+        self.flow = flow  # whose share of the budget it takes (fairshare.flow_of: a tenant or a component)
         self.correlation_id = correlation_id
         self.chunk_size = chunk_size
         self.start = start
@@ -139,7 +141,7 @@ class Delivery:
         self.total_chunks = 0 if remaining is None else max(1, -(-remaining // chunk_size))
         self.queue: collections.deque[Chunk | End] = collections.deque()
         preferred = int(getattr(stream.blob, "read_unit", 0) or 0)
-        self.unit = read_unit_for(chunk_size, preferred, budget.limit)
+        self.unit = read_unit_for(chunk_size, preferred, budget.limit_for(flow))
         self._slots = asyncio.Semaphore(max(1, -(-max(prefetch, 1) * chunk_size // self.unit)))
         self._on_ready = on_ready
         self.in_ready = False  # queued in the job's ready_streams
@@ -224,10 +226,10 @@ class Delivery:
     async def _take(self, n: int) -> int:
         self._check_open()
         t0 = time.monotonic()
-        granted = await self.budget.acquire(n)
+        granted = await self.budget.acquire(n, self.flow)
         self.stats.budget_wait_s += time.monotonic() - t0
         if self.stopped:  # granted after the end: the ledger is closed, it goes straight back
-            self.budget.release(granted)
+            self.budget.release(granted, self.flow)
             self._check_open()
         self.held += granted  # no await between the grant and the ledger
         return granted
@@ -235,7 +237,7 @@ class Delivery:
     def _give(self, n: int) -> None:
         n = min(n, self.held)
         self.held -= n
-        self.budget.release(n)
+        self.budget.release(n, self.flow)
 
     async def _read(self, offset: int, length: int) -> bytes:
         def on_retry(attempt: int, delay: float, e: SourceError) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from chunkd.metrics import Metrics
     from chunkd.outputs import JobOutputs
     from chunkd.pool import InstancePool
+    from chunkd.fairshare import FairShare
     from chunkd.flowcontrol import BufferBudget
     from chunkd.tracing import Tracing
 
@@ -44,6 +45,9 @@ class RunnerHost(Protocol):
 
     @property
     def budget(self) -> "BufferBudget": ...
+
+    @property
+    def fairshare(self) -> "FairShare": ...
 
     @property
     def pools(self) -> "Mapping[str, InstancePool]": ...
@@ -359,7 +363,8 @@ class JobRunner:
     def _settings(self, pool: "InstancePool") -> StreamSettings:
         lim = self.rt.config.limits
         return StreamSettings(prefetch=pool.cfg.prefetch_chunks, retries=lim.source_retries,
-                              backoff_s=lim.source_retry_backoff_s, pacer=pool.pacer, meters=pool.meters)
+                              backoff_s=lim.source_retry_backoff_s, pacer=pool.pacer, meters=pool.meters,
+                              fairshare=self.rt.fairshare)
 
     def _count_trap(self, inst: "InstanceBase", outcome: Outcome) -> None:
         assert outcome.trap is not None

@@ -36,6 +36,7 @@ from chunkd.jobstore import JobStore, SqliteOutputLedger, committed_outputs
 from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.pool import InstancePool, fingerprint
+from chunkd.fairshare import FairShare
 from chunkd.flowcontrol import BufferBudget
 from chunkd.outputs import JobOutputs, RecoveryLedger, recover_outputs
 from chunkd.sinks import SinkError, WritableContainer, sink_container
@@ -75,6 +76,9 @@ class Runtime:
         # the one owner of [limits]: pools, instances and host services read it, a reload updates it
         self.limits = LiveLimits(config.limits)
         self.budget = BufferBudget(config.limits.max_buffered_bytes)
+        # the delivery slots of all jobs, by weighted byte share; it also sets the budget's
+        # per-flow weights and caps and owns the tenants' pacers (chunkd/fairshare.py)
+        self.fairshare = FairShare(config, self.budget)
         # [telemetry]: the tracer's owner (off: no exporter); a reload keeps it (restart to change)
         self.tracing = Tracing(config.telemetry, node)
         self.io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chunkd-io")
@@ -223,6 +227,7 @@ class Runtime:
         self.services.grants = self._grants(config)
         self.limits.update(config.limits)  # kept instances, new ones and the host services alike
         self.budget.set_limit(config.limits.max_buffered_bytes)
+        self.fairshare.configure(config)  # workers, weights, tenant caps and pacers
         self.pools = pools
         for name, pool in old.items():
             if pools.get(name) is not pool:

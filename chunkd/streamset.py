@@ -21,6 +21,7 @@ from chunkd.host import values
 from chunkd.host.instance import BatchResult, HandleCall
 from chunkd.jobs import JobState
 from chunkd.metrics import observe_many
+from chunkd.fairshare import FairShare, Grant, flow_of
 from chunkd.flowcontrol import BufferBudget, Pacer
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class StreamSettings:
     backoff_s: float
     pacer: Pacer
     meters: tuple["Histogram", "Counter", "Counter"]  # handle seconds, chunks, bytes (this component)
+    # the runtime's delivery slots, admitted by weighted byte share (chunkd/fairshare.py);
+    # None: batches go to the instance thread as soon as they are ready
+    fairshare: FairShare | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class StreamSet:
         self.settings = settings
         self.accounting = accounting
         self._tg: asyncio.TaskGroup | None = None
+        self.flow = flow_of(job)  # whose share its batches and read-ahead count against
         self._batch_no = 0  # batches accounted for (a stream's stats count those that carried it)
 
     async def run(self) -> Outcome:
@@ -173,7 +178,7 @@ class StreamSet:
             d = Delivery(component=self.inst.comp.name, stream=req.stream, correlation_id=req.correlation_id,
                          chunk_size=req.chunk_size, start=req.start, prefetch=s.prefetch, budget=self.budget,
                          retries=s.retries, backoff_s=s.backoff_s, on_ready=job.inbox.mark_ready, job_id=job.id,
-                         direct_fd=fd)
+                         direct_fd=fd, flow=self.flow)
             job.deliveries.append(d)
             job.open_streams += 1
             d.log.info("stream_started", chunk_size=d.chunk_size, size=d.size, total_chunks=d.total_chunks,
@@ -189,22 +194,29 @@ class StreamSet:
         """Round-robin over the job's streams that have a chunk ready (O(1) per chunk).
 
         Chunks go to the instance thread in batches, one handle-chunk call after another,
-        so a thread hop is paid per batch rather than per chunk; a paced component gets
-        one chunk per hop. Batches of direct chunks (a core guest reading files itself)
-        are pipelined: the next batch is built and queued on the instance thread while
-        the current one runs, and accounted for after it. The instance skips, in a queued
-        batch, every stream an earlier batch stopped (see InstanceBase.handle_chunks)."""
+        so a thread hop is paid per batch rather than per chunk; a paced component (or
+        tenant) gets one chunk per hop. Each batch waits for its turn in the runtime's
+        delivery slots (FairShare: at most `delivery_workers` batches of all jobs run at
+        once, the next going to the flow furthest behind its weighted byte share).
+        Batches of direct chunks (a core guest reading files itself) are pipelined: the
+        next batch is built and queued on the instance thread while the current one runs,
+        sharing its slot (FairShare.extend) when no other batch waits for one; when some
+        do, the loop lets the batch in flight finish (and its slot go) before the next
+        asks for a turn, so a job never waits for a slot while it holds one. The instance
+        skips, in a queued batch, every stream an earlier batch stopped (see
+        InstanceBase.handle_chunks)."""
         job = self.job
-        paced = self.settings.pacer.rate > 0
-        inflight: tuple[list[tuple[Delivery, Chunk]], asyncio.Task[BatchResult]] | None = None
+        fs = self.settings.fairshare
+        tenant_pacer = fs.pacer(self.flow) if fs is not None else None
+        paced = self.settings.pacer.rate > 0 or (tenant_pacer is not None and tenant_pacer.rate > 0)
+        inflight: tuple[list[tuple[Delivery, Chunk]], asyncio.Task[BatchResult], Grant | None] | None = None
         try:
             while True:
                 self._schedule_requests()
                 if job.cancel_requested:
                     if inflight is not None:
-                        batch, task = inflight
-                        inflight = None
-                        await self._account(batch, task)
+                        last, inflight = inflight, None
+                        await self._account(*last)
                     why = job.fenced or job.stopped
                     end = values.failed(why) if why else values.CANCELLED
                     trap = await self._end_all(end, tell_guest=True)
@@ -215,13 +227,21 @@ class StreamSet:
                     return
                 batch = await self._take_batch(paced, direct_only=inflight is not None)
                 if batch and not paced and self._tg is not None and all(d.direct for d, _ in batch):
-                    # queue it behind the batch in flight, then account for that one
-                    task = self._tg.create_task(self._send(batch, fresh=inflight is None),
-                                                name=f"chunkd:batch:{job.id}")
-                    previous, inflight = inflight, (batch, task)
-                    if previous is not None:
-                        await self._account(*previous)
-                    continue
+                    grant: Grant | None = None
+                    if fs is not None:
+                        if inflight is None:
+                            grant = await self._turn(fs, batch)
+                        elif inflight[2] is not None:
+                            grant = fs.extend(inflight[2], sum(c.length for _, c in batch))
+                    if fs is None or grant is not None:
+                        # queue it behind the batch in flight, then account for that one
+                        task = self._tg.create_task(self._send(batch, fresh=inflight is None, grant=grant),
+                                                    name=f"chunkd:batch:{job.id}")
+                        previous, inflight = inflight, (batch, task, grant)
+                        if previous is not None:
+                            await self._account(*previous)
+                        continue
+                    # others wait for a slot: no pipelining; this batch takes its turn below
                 if inflight is not None:
                     previous, inflight = inflight, None
                     await self._account(*previous)
@@ -237,14 +257,29 @@ class StreamSet:
                     await job.inbox.ready.wait()
         finally:
             if inflight is not None:  # leaving early (a trap, a cancel, a bug): the batch still
-                batch, task = inflight  # runs on the thread; wait for it, give its chunks back
+                batch, task, held = inflight  # runs on the thread; wait for it, give its chunks back
                 try:
                     await asyncio.wait([task])
                 finally:
+                    if held is not None:
+                        held.release()  # (its task released it, unless it never started)
                     for d, c in batch:
                         d.dropped(c)
                     if task.done() and not task.cancelled():
                         task.exception()  # seen: its result is not accounted for
+
+    async def _turn(self, fs: FairShare, batch: list[tuple[Delivery, Chunk]]) -> Grant:
+        """Wait for a delivery slot for `batch` (its streams are charged the wait). On a
+        cancel while waiting, the batch's chunks are given back and nothing is held."""
+        try:
+            grant = await fs.acquire(self.flow, sum(c.length for _, c in batch))
+        except BaseException:
+            for d, c in batch:
+                d.dropped(c)
+            raise
+        if grant.waited_s:
+            charge_wait(batch, "share_wait_s", grant.waited_s)
+        return grant
 
     async def _take_batch(self, paced: bool, direct_only: bool) -> list[tuple[Delivery, Chunk]]:
         """The next batch from the ready streams, round-robin. A stream read directly gives
@@ -293,24 +328,44 @@ class StreamSet:
             nchunks += item.count
         return batch
 
-    async def _send(self, batch: list[tuple[Delivery, Chunk]], fresh: bool) -> BatchResult:
-        pacer = self.settings.pacer
-        if pacer.rate > 0:
-            paced = await pacer.take(sum(c.length for _, c in batch))
-            if paced:
-                charge_wait(batch, "paced_s", paced)
-        calls: list[HandleCall] = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data)
-                                   for d, c in batch]
-        return await self.inst.handle_chunks(calls, fresh)
+    async def _send(self, batch: list[tuple[Delivery, Chunk]], fresh: bool,
+                    grant: Grant | None = None) -> BatchResult:
+        """Pace (the component's pacer, then the tenant's), take a turn unless `grant` is
+        one already, send the batch; the turn is released when the trip is over."""
+        fs = self.settings.fairshare
+        try:
+            pacer = self.settings.pacer
+            tenant_pacer = fs.pacer(self.flow) if fs is not None else None
+            if pacer.rate > 0 or tenant_pacer is not None:
+                nbytes = sum(c.length for _, c in batch)
+                paced = await pacer.take(nbytes)
+                if tenant_pacer is not None:
+                    paced += await tenant_pacer.take(nbytes)
+                if paced:
+                    charge_wait(batch, "paced_s", paced)
+            if grant is None and fs is not None:
+                grant = await fs.acquire(self.flow, sum(c.length for _, c in batch))
+                if grant.waited_s:
+                    charge_wait(batch, "share_wait_s", grant.waited_s)
+            calls: list[HandleCall] = [(d.stream.handle, d.correlation_id, c.index, d.total_chunks, c.data)
+                                       for d, c in batch]
+            return await self.inst.handle_chunks(calls, fresh)
+        finally:
+            if grant is not None:
+                grant.release()
 
     async def _account(self, batch: list[tuple[Delivery, Chunk]],
-                       sent: "asyncio.Task[BatchResult] | Coroutine[Any, Any, BatchResult]") -> None:
+                       sent: "asyncio.Task[BatchResult] | Coroutine[Any, Any, BatchResult]",
+                       grant: Grant | None = None) -> None:
         try:
             result = await sent
         except BaseException:
             for d, c in batch:  # not delivered (cancelled mid-trip): give the room back
                 d.dropped(c)
             raise
+        finally:
+            if grant is not None:
+                grant.release()  # (the trip released it; a task cancelled before it began did not)
         m_seconds, m_chunks, m_bytes = self.settings.meters
         ends: list[tuple[Delivery, values.StreamEnd]] = []
         # account for every chunk of the batch first: an end told to the guest may trap
@@ -339,6 +394,9 @@ class StreamSet:
                 ends.append((d, values.COMPLETED))
         m_chunks.inc(delivered)
         m_bytes.inc(nbytes)
+        fs = self.settings.fairshare
+        if fs is not None:
+            fs.count_delivered(self.flow, nbytes)
         # the streams this batch ended: all closed first, then told in one trip
         closed = [(d, end) for d, end in ends if self._close(d, end)]
         for d, _ in closed:

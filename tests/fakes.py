@@ -28,8 +28,10 @@ from chunkd.jobrunner import JobRunner
 from chunkd.limits import LiveLimits
 from chunkd.metrics import Metrics
 from chunkd.outputs import JobOutputs
+from chunkd.fairshare import FairShare
 from chunkd.flowcontrol import BufferBudget, Pacer
 from chunkd.tasks import TaskScope
+from chunkd.tracing import Tracing
 
 
 class FakeBlob:
@@ -251,6 +253,8 @@ class FakeRuntime:
                              containers={}, components={"fake": ComponentConfig(name="fake", path=None)})  # type: ignore[arg-type]
         self.metrics = Metrics()
         self.budget = BufferBudget(budget)
+        self.fairshare = FairShare(self.config, self.budget)  # the runtime's delivery slots (chunkd/fairshare.py)
+        self.tracing = Tracing(None)  # off, as the runtime's is without [telemetry]
         self.background = TaskScope("fake-runtime")
         self.services = RuntimeServices(loop, LiveLimits(self.config.limits), self.metrics, self.background)
         self.inst = FakeInstance(plan, self.services, max_chunk_size=max_chunk_size, on_call=on_call)
