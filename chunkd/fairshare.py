@@ -31,6 +31,7 @@ import asyncio
 import os
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
 from chunkd.flowcontrol import NO_FLOW, FairQueue, Pacer
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from chunkd.flowcontrol import BufferBudget
 
 COMPONENT_FLOW = "component/"
+OTHER_FLOW = "other"  # /metrics: flows the config no longer names, summed
 
 
 class _JobLike(Protocol):
@@ -57,6 +59,19 @@ def flow_of(job: _JobLike) -> str:
 
 def workers_for(config: "Config") -> int:
     return config.daemon.delivery_workers or os.cpu_count() or 1
+
+
+@dataclass(slots=True)
+class FlowRow:
+    """One flow's counters, as /metrics shows them."""
+
+    flow: str
+    weight: int
+    delivered: int = 0
+    waits: int = 0
+    wait_seconds: float = 0.0
+    waiting: int = 0
+    buffered: int = 0  # budget bytes held now ("" is the outputs' sinks, which name no flow)
 
 
 class _Slot:
@@ -242,6 +257,26 @@ class FairShare:
 
     def vtime(self, flow: str) -> float:
         return self._queue.vtime.get(flow, 0.0)
+
+    def metric_rows(self) -> list[FlowRow]:
+        """One row per flow the config names (and "other" for the rest: flows of tenants a
+        reload removed, jobs resumed from an older config), for /metrics."""
+        known = set(self.flows)
+        rows = {f: FlowRow(f, self.weight(f)) for f in known}
+        other = FlowRow(OTHER_FLOW, 0)
+        held = self.budget.held if self.budget is not None else {}
+        waiting = self._queue.flows_waiting()
+        for f in {*self.delivered, *self.waits, *waiting, *held}:
+            r = rows.get(f, other)
+            r.delivered += self.delivered.get(f, 0)
+            r.waits += self.waits.get(f, 0)
+            r.wait_seconds += self.wait_seconds.get(f, 0.0)
+            r.waiting += waiting.get(f, 0)
+            r.buffered += held.get(f, 0)
+        out = [rows[f] for f in sorted(rows)]
+        if other.delivered or other.waits or other.waiting or other.buffered:
+            out.append(other)
+        return out
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Per flow: weight, bytes delivered, batches waiting now, waits and seconds waited."""

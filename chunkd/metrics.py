@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -11,6 +11,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 
@@ -19,8 +21,46 @@ class _Budget(Protocol):
     limit: int
 
 
+class FlowRow(Protocol):
+    @property
+    def flow(self) -> str: ...
+
+    @property
+    def weight(self) -> int: ...
+
+    @property
+    def delivered(self) -> int: ...
+
+    @property
+    def waits(self) -> int: ...
+
+    @property
+    def wait_seconds(self) -> float: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+
+class _Shares(Protocol):
+    """The runtime's FairShare (chunkd/fairshare.py), as the scrape reads it."""
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def workers(self) -> int: ...
+
+    def metric_rows(self) -> "Sequence[FlowRow]": ...
+
+
 class Gauged(Protocol):
     """What the gauges read when scraped (the runtime)."""
+
+    @property
+    def fairshare(self) -> _Shares: ...
 
     @property
     def active_streams(self) -> int: ...
@@ -108,6 +148,10 @@ class Metrics:
         gauge("chunkd_buffered_bytes_limit", "max_buffered_bytes", lambda: runtime.budget.limit)
         gauge("chunkd_jobs_queued", "Jobs waiting for an instance", lambda: runtime.queued_jobs)
         gauge("chunkd_jobs_running", "Jobs on an instance now", lambda: runtime.running_jobs)
+        gauge("chunkd_delivery_slots", "daemon.delivery_workers: handle-chunk batches of all jobs run at once",
+              lambda: runtime.fairshare.workers)
+        gauge("chunkd_delivery_slots_busy", "Delivery slots taken now", lambda: runtime.fairshare.active)
+        self.registry.register(_FlowCollector(runtime))
         loop = asyncio.get_running_loop()
         gauge("chunkd_asyncio_tasks", "asyncio tasks alive on the daemon's loop (flat when nothing leaks)",
               lambda: len(asyncio.all_tasks(loop)))
@@ -133,3 +177,34 @@ class Metrics:
                     line = name + b"{" + label + b"} " + value
             out.append(line)
         return b"\n".join(out) + b"\n"
+
+
+class _FlowCollector(Collector):
+    """Per flow (a tenant, or "component/NAME" for untenanted jobs; the flows the config
+    names, the rest summed as "other", so the label's cardinality is the config's), read
+    from the runtime's FairShare when scraped: nothing is counted twice on the data path."""
+
+    def __init__(self, runtime: Gauged) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self.runtime.fairshare.metric_rows()
+        delivered = CounterMetricFamily("chunkd_flow_bytes_delivered", "Bytes delivered, by flow (tenant, or "
+                                        "component/NAME for jobs with no tenant)", labels=["flow"])
+        waits = CounterMetricFamily("chunkd_flow_share_waits", "Batches that waited for a delivery slot, by flow",
+                                    labels=["flow"])
+        waited = CounterMetricFamily("chunkd_flow_share_wait_seconds", "Seconds batches waited for a delivery "
+                                     "slot, by flow", labels=["flow"])
+        waiting = GaugeMetricFamily("chunkd_flow_batches_waiting", "Batches waiting for a delivery slot now, "
+                                    "by flow", labels=["flow"])
+        weight = GaugeMetricFamily("chunkd_flow_weight", "The flow's weight in the byte-fair share", labels=["flow"])
+        buffered = GaugeMetricFamily("chunkd_flow_buffered_bytes", "Budget bytes the flow's streams hold now",
+                                     labels=["flow"])
+        for r in rows:
+            delivered.add_metric([r.flow], r.delivered)
+            waits.add_metric([r.flow], r.waits)
+            waited.add_metric([r.flow], r.wait_seconds)
+            waiting.add_metric([r.flow], r.waiting)
+            weight.add_metric([r.flow], r.weight)
+            buffered.add_metric([r.flow], r.buffered)
+        yield from (delivered, waits, waited, waiting, weight, buffered)

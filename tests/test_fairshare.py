@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,3 +454,102 @@ def test_budget_every_byte_comes_back(limit: int, cap: int, plan: list[tuple[str
             assert how == "cancel" or isinstance(r, int), r
         assert b.in_use == 0 and b.held == {} and b.waiting == 0
     asyncio.run(main())
+
+
+# --- a real runtime: two tenants, a real guest (the C core probe), real files ------------------
+
+def tenant_config(state_dir: Path, blobs: Path, guests: dict[str, Path], tenants: dict[str, dict[str, Any]],
+                  workers: int) -> Config:
+    from chunkd.config import config_from_mapping
+    return config_from_mapping({
+        "daemon": {"state_dir": str(state_dir), "log_format": "console", "delivery_workers": workers},
+        "limits": {"call_timeout": "10s", "max_chunk_size": "4MiB"},
+        "containers": {"local": {"kind": "file", "root": str(blobs)}},
+        "components": {"probe": {"path": str(guests["core_probe"]), "instances": 6}},
+        "tenants": {n: {"token": f"token-of-tenant-{n}-0123456789", **t} for n, t in tenants.items()},
+    }, file="test.toml")
+
+
+def sparse_blob(folder: Path, name: str, size: int) -> None:
+    with open(folder / name, "wb") as f:  # reads as zeros, holds no disk
+        f.truncate(size)
+
+
+async def wait_until(pred: Any, timeout: float, what: str) -> None:
+    async def poll() -> None:
+        while not pred():
+            await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_two_tenants_share_delivery_by_weight(state_dir: Path, blobs: Path, guests: dict[str, Path]) -> None:
+    """Tenant a (weight 1, 64 KiB chunks) and tenant b (weight 3, 1 MiB chunks), three jobs
+    each on one delivery slot: the bytes delivered split 1:3 (within 10%), whatever the
+    chunk sizes; every job's streams are delivered through the runtime's FairShare."""
+    from chunkd.runtime import Runtime
+    sparse_blob(blobs, "big.bin", 64 << 30)
+    rt = Runtime(tenant_config(state_dir, blobs, guests, {"a": {"weight": 1}, "b": {"weight": 3}}, workers=1))
+    await rt.start()
+    try:
+        fs = rt.fairshare
+        jobs = [rt.submit("probe", ["local", "big.bin", str(64 * KiB), "1", "-1", "quiet"], tenant="a")
+                for _ in range(3)]
+        jobs += [rt.submit("probe", ["local", "big.bin", str(MiB), "1", "-1", "quiet"], tenant="b")
+                 for _ in range(3)]
+        # past the start (every job running, both flows waiting for the one slot) ...
+        await wait_until(lambda: fs.waiting_in("a") and fs.waiting_in("b"), 60, "both tenants to wait for the slot")
+        a0, b0 = fs.delivered.get("a", 0), fs.delivered.get("b", 0)
+        # ... then a stretch long enough that one batch more or less is under 10%
+        await wait_until(lambda: fs.delivered.get("b", 0) - b0 >= 3 * 640 * MiB, 120, "3 x 640 MiB for tenant b")
+        a, b = fs.delivered["a"] - a0, fs.delivered["b"] - b0
+        assert b / a == pytest.approx(3.0, rel=0.1), (a, b)
+        assert fs.waits["a"] > 0 and fs.waits["b"] > 0 and fs.wait_seconds["a"] > 0
+        assert fs.active <= 1
+        text = rt.metrics.render().decode()
+        assert 'chunkd_flow_bytes_delivered_total{flow="b"}' in text
+        assert 'chunkd_flow_weight{flow="b"} 3.0' in text
+        for j in jobs:
+            rt.cancel(j.id)
+        await asyncio.wait_for(asyncio.gather(*(j.done.wait() for j in jobs)), 60)
+    finally:
+        await asyncio.wait_for(rt.close(), 30)
+    assert fs.active == 0 and fs.waiting == 0
+    assert all(j.state == "cancelled" for j in jobs)
+
+
+async def test_tenant_pacing_holds_across_its_jobs(state_dir: Path, blobs: Path, guests: dict[str, Path]) -> None:
+    """tenants.NAME.max_bytes_per_second is one pacer for all the tenant's jobs: two jobs
+    together never get ahead of the rate (bytes <= rate x elapsed + one chunk, an upper
+    bound a slow machine cannot break), and the other tenant, unpaced, is not held back
+    by it: its jobs complete while the paced ones are still going."""
+    from chunkd.runtime import Runtime
+    sparse_blob(blobs, "big.bin", 4 << 30)
+    sparse_blob(blobs, "small.bin", 64 * MiB)
+    rate = 8 * MiB
+    rt = Runtime(tenant_config(state_dir, blobs, guests, {"slow": {"max_bytes_per_second": rate}, "fast": {}},
+                               workers=2))
+    await rt.start()
+    try:
+        fs = rt.fairshare
+        t0 = time.monotonic()
+        slow = [rt.submit("probe", ["local", "big.bin", str(MiB), "1", "-1", "quiet"], tenant="slow")
+                for _ in range(2)]
+        fast = [rt.submit("probe", ["local", "small.bin", str(MiB), "1", "-1", "quiet"], tenant="fast")
+                for _ in range(2)]
+        await asyncio.wait_for(asyncio.gather(*(j.done.wait() for j in fast)), 60)
+        assert all(j.state == "completed" for j in fast), [j.error for j in fast]
+        assert fs.delivered["fast"] == 2 * 64 * MiB
+        await wait_until(lambda: fs.delivered.get("slow", 0) >= 4 * MiB, 30, "the paced tenant to get going")
+        got = fs.delivered["slow"]
+        elapsed = time.monotonic() - t0
+        assert got <= rate * elapsed + MiB, (got, elapsed)
+        assert not any(j.done.is_set() for j in slow)
+        for j in slow:
+            rt.cancel(j.id)
+        await asyncio.wait_for(asyncio.gather(*(j.done.wait() for j in slow)), 60)
+    finally:
+        await asyncio.wait_for(rt.close(), 30)
+    assert fs.active == 0 and fs.waiting == 0
