@@ -203,6 +203,14 @@ class FairShare:
         self.wait_seconds[flow] = self.wait_seconds.get(flow, 0.0) + waited
         return Grant(self, flow, waited, _Slot())
 
+    def try_acquire(self, flow: str, nbytes: int) -> Grant | None:
+        """A slot now if one is free and nobody waits (the fast path of `acquire`), else None."""
+        if self.active < self.workers and not self._queue.waiting:
+            self.active += 1
+            self._queue.charge(flow, nbytes)
+            return Grant(self, flow, 0.0, _Slot())
+        return None
+
     def extend(self, grant: Grant, nbytes: int) -> Grant | None:
         """A batch queued on the same instance thread behind `grant`'s (direct-mode
         pipelining) shares its slot, charged its own bytes, when nobody waits for a slot;

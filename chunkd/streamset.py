@@ -231,8 +231,11 @@ class StreamSet:
                     if fs is not None:
                         if inflight is None:
                             grant = await self._turn(fs, batch)
-                        elif inflight[2] is not None:
-                            grant = fs.extend(inflight[2], sum(c.length for _, c in batch))
+                        else:  # share the slot of the batch in flight, or (it is done) take a free one
+                            nbytes = sum(c.length for _, c in batch)
+                            held = inflight[2]
+                            grant = (fs.extend(held, nbytes) if held is not None else None) \
+                                or fs.try_acquire(self.flow, nbytes)
                     if fs is None or grant is not None:
                         # queue it behind the batch in flight, then account for that one
                         task = self._tg.create_task(self._send(batch, fresh=inflight is None, grant=grant),

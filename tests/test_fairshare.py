@@ -259,7 +259,12 @@ async def test_pipelined_batches_share_a_slot_only_when_nobody_waits() -> None:
     g2.release()
     gb = await asyncio.wait_for(t, 1)
     assert fs.extend(g, 10) is None  # a released grant cannot be extended
+    assert fs.try_acquire("a", 10) is None  # the one slot is b's
     gb.release()
+    assert fs.active == 0
+    g3 = fs.try_acquire("a", 10)  # free and nobody waits: at once, no await
+    assert g3 is not None and fs.active == 1
+    g3.release()
     assert fs.active == 0
 
 
