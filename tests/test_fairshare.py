@@ -558,3 +558,83 @@ async def test_tenant_pacing_holds_across_its_jobs(state_dir: Path, blobs: Path,
     finally:
         await asyncio.wait_for(rt.close(), 30)
     assert fs.active == 0 and fs.waiting == 0
+
+
+# --- a real daemon: `chunkd serve`, two tenants' tokens, the split read from /metrics ---------
+
+def flow_bytes(s: Any, token: str) -> dict[str, float]:
+    code, text = s.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert code == 200, text
+    out = {}
+    for line in str(text).splitlines():
+        if line.startswith("chunkd_flow_bytes_delivered_total{"):
+            flow = line.split('flow="', 1)[1].split('"', 1)[0]
+            out[flow] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_a_daemon_splits_delivery_between_tenants_by_weight(tmp_path: Path, guests: dict[str, Path],
+                                                             state_dir: Path) -> None:
+    """`chunkd serve` with tenants a (weight 1, 64 KiB chunks) and b (weight 3, 1 MiB
+    chunks), each submitting three jobs with its own token, one delivery slot: the bytes
+    the daemon counts per flow on /metrics grow 1:3 (within 10%)."""
+    from tests.service_support import Server, free_port, wait_for
+    admin = "admin-token-fairshare-0123"
+    tok = {"a": "token-of-a-fairshare-0123", "b": "token-of-b-fairshare-0123"}
+    (tmp_path / "blobs").mkdir()
+    sparse_blob(tmp_path / "blobs", "big.bin", 64 << 30)
+    port = free_port()
+    cfg = tmp_path / "chunkd.toml"
+    cfg.write_text(f"""
+[daemon]
+listen = "127.0.0.1:{port}"
+state_dir = "{tmp_path / 'state'}"
+cache_dir = "{state_dir / 'cache'}"
+log_format = "json"
+shutdown_grace = "1s"
+auth_token = "{admin}"
+delivery_workers = 1
+[limits]
+call_timeout = "10s"
+[containers.local]
+kind = "file"
+root = "{tmp_path / 'blobs'}"
+[components.probe]
+path = "{guests['core_probe']}"
+instances = 6
+[tenants.a]
+token = "{tok['a']}"
+weight = 1
+[tenants.b]
+token = "{tok['b']}"
+weight = 3
+""")
+    s = Server(cfg, port, tmp_path / "daemon.log").start()
+    try:
+        ids = []
+        for tenant, chunk in (("a", 64 * KiB), ("b", MiB)):
+            for _ in range(3):
+                code, body = s.request("POST", "/v1/jobs", {"component": "probe",
+                                                            "args": ["local", "big.bin", str(chunk), "1", "-1", "quiet"]},
+                                       headers={"Authorization": f"Bearer {tok[tenant]}"})
+                assert code == 202, body
+                ids.append(str(body["job_id"]))
+        # past the start: every job running and both flows counted ...
+        first = wait_for(lambda: (f := flow_bytes(s, admin)).get("b", 0) >= 3 * 256 * MiB and f.get("a", 0) > 0
+                         and f, 120, 0.05, "both tenants to be delivered to")
+        # ... then a stretch long enough that a batch more or less is under 10%
+        last = wait_for(lambda: (f := flow_bytes(s, admin))["b"] - first["b"] >= 3 * 1024 * MiB and f,
+                        120, 0.05, "3 GiB more for tenant b")
+        a, b = last["a"] - first["a"], last["b"] - first["b"]
+        assert b / a == pytest.approx(3.0, rel=0.1), (a, b)
+        for jid in ids:
+            code, body = s.request("DELETE", f"/v1/jobs/{jid}", headers={"Authorization": f"Bearer {admin}"})
+            assert code in (200, 202), body
+        def state(jid: str) -> str:
+            code, body = s.request("GET", f"/v1/jobs/{jid}", headers={"Authorization": f"Bearer {admin}"})
+            assert code == 200, body
+            return str(body["state"])
+        for jid in ids:
+            wait_for(lambda: state(jid) == "cancelled", 60, 0.1, f"job {jid} to be cancelled")
+    finally:
+        s.stop()
