@@ -159,6 +159,7 @@ class FairShare:
         self._queue.forget(self._known.__contains__)
         if self.budget is not None:
             self.budget.set_policy(self.weight, self.cap)
+            self.budget.forget(self._known.__contains__)
         self._admit()
 
     def weight(self, flow: str) -> int:

@@ -213,6 +213,10 @@ class BufferBudget:
         self._cap = cap
         self._wake()
 
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Drop the virtual time of flows `keep` refuses that hold and wait for nothing."""
+        self._queue.forget(lambda f: keep(f) or f in self.held)
+
     def limit_for(self, flow: str) -> int:
         """The most one grant to `flow` can be: the limit, or the flow's cap if lower."""
         cap = self._cap(flow)
