@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Iterator, Protocol
 
 from chunkd.flowcontrol import NO_FLOW, FairQueue, Pacer
 
@@ -122,6 +122,9 @@ class FairShare:
     def __init__(self, config: "Config", budget: "BufferBudget | None" = None) -> None:
         self.workers = 1
         self.active = 0  # slots taken now
+        # slots lent out: a batch whose guest waits on the host for budget (an output write)
+        # uses no CPU, so while it waits another batch may run (see lent())
+        self.lent_out = 0
         self.budget = budget
         self._default_weight = 1
         self._weights: dict[str, int] = {}
@@ -183,7 +186,7 @@ class FairShare:
     async def acquire(self, flow: str, nbytes: int) -> Grant:
         """Wait for a delivery slot for a batch of `nbytes` of `flow`. The fast path (a
         slot free and nobody waiting) does no heap work and reads no clock."""
-        if self.active < self.workers and not self._queue.waiting:
+        if self.active < self.workers + self.lent_out and not self._queue.waiting:
             self.active += 1
             self._queue.charge(flow, nbytes)
             return Grant(self, flow, 0.0, _Slot())
@@ -206,7 +209,7 @@ class FairShare:
 
     def try_acquire(self, flow: str, nbytes: int) -> Grant | None:
         """A slot now if one is free and nobody waits (the fast path of `acquire`), else None."""
-        if self.active < self.workers and not self._queue.waiting:
+        if self.active < self.workers + self.lent_out and not self._queue.waiting:
             self.active += 1
             self._queue.charge(flow, nbytes)
             return Grant(self, flow, 0.0, _Slot())
@@ -234,6 +237,21 @@ class FairShare:
         finally:
             grant.release()
 
+    @contextmanager
+    def lent(self) -> Iterator[None]:
+        """While the body waits (a guest's output write waiting for room in the buffer
+        budget, inside a batch that holds a slot), one more batch may run: that batch can
+        deliver read-ahead chunks and so give back the room the writer waits for. Without
+        this, writers holding every slot could wait on budget that only batches waiting
+        for a slot would free. When the body ends, no slot is taken away from a running
+        batch: admissions simply pause until `active` is under the limit again."""
+        self.lent_out += 1
+        self._admit()
+        try:
+            yield
+        finally:
+            self.lent_out -= 1
+
     def count_delivered(self, flow: str, nbytes: int) -> None:
         if nbytes:
             self.delivered[flow] = self.delivered.get(flow, 0) + nbytes
@@ -244,7 +262,7 @@ class FairShare:
 
     def _admit(self) -> None:
         q = self._queue
-        while self.active < self.workers and q.waiting:
+        while self.active < self.workers + self.lent_out and q.waiting:
             head = q.peek()
             assert head is not None
             flow, w = head

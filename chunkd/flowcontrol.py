@@ -229,6 +229,10 @@ class BufferBudget:
     def waiting_in(self, flow: str) -> int:
         return self._queue.waiting_in(flow)
 
+    def fits_now(self, n: int, flow: str = NO_FLOW) -> bool:
+        """Would `acquire(n, flow)` be granted at once (nobody waiting, and room)?"""
+        return n <= 0 or (not self._queue.waiting and self._size(flow, n) is not None)
+
     def _size(self, flow: str, n: int) -> int | None:
         """What a request of n bytes is granted when it fits now: clamped to the limit and
         the flow's cap; None: it does not fit (the budget) or the flow is at its cap."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ContextManager, Mapping, Protocol
 
 import structlog
 
@@ -87,6 +87,7 @@ class JobOutputs:
                  containers: Mapping[str, "ContainerConfig"], grants: frozenset[str] | None,
                  budget: "BufferBudget", max_output_bytes: int = 0, ledger: OutputLedger | None = None,
                  metrics: "Metrics | None" = None,
+                 lend: "Callable[[], ContextManager[None]] | None" = None,
                  committed_before: Mapping[tuple[str, str], tuple[str | None, int]] | None = None) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -98,6 +99,7 @@ class JobOutputs:
         self._max_bytes = max_output_bytes
         self._ledger = ledger
         self._metrics = metrics
+        self._lend = lend  # the runtime's FairShare.lent: a write waiting for room lends its batch's slot
         # (container, name) -> (version, bytes) an earlier attempt of this job committed
         self._before: dict[tuple[str, str], tuple[str | None, int]] = dict(committed_before or {})
         self._outputs: dict[int, _Output] = {}
@@ -392,7 +394,11 @@ class JobOutputs:
                             f"limits.max_buffered_bytes ({limit}) can never make room for {n} more: "
                             f"raise it (above the containers' part_size for each output written at once)")
         try:
-            got = await asyncio.wait_for(self._budget.acquire(n), ROOM_WAIT_S)
+            if self._lend is None or self._budget.fits_now(n):
+                got = await asyncio.wait_for(self._budget.acquire(n), ROOM_WAIT_S)
+            else:
+                with self._lend():
+                    got = await asyncio.wait_for(self._budget.acquire(n), ROOM_WAIT_S)
         except TimeoutError:
             raise SinkError(f"no room in limits.max_buffered_bytes ({limit}) for {ROOM_WAIT_S:g}s") from None
         o.held += got

@@ -171,7 +171,7 @@ class Runtime:
         return JobOutputs(job_id, attempt, component, sinks=self.sinks, containers=self.config.containers,
                           grants=comp.containers if comp is not None else frozenset(), budget=self.budget,
                           max_output_bytes=self.limits.current.max_output_bytes, ledger=self.ledger,
-                          metrics=self.metrics, committed_before=before)
+                          metrics=self.metrics, lend=self.fairshare.lent, committed_before=before)
 
     async def _build_pools(self, config: Config, keep: dict[str, InstancePool]) -> dict[str, InstancePool]:
         """Pools for `config`, reusing those in `keep` whose config, file and instance_memory

@@ -638,3 +638,29 @@ weight = 3
             wait_for(lambda: state(jid) == "cancelled", 60, 0.1, f"job {jid} to be cancelled")
     finally:
         s.stop()
+
+
+async def test_a_batch_waiting_on_the_host_lends_its_slot() -> None:
+    """FairShare.lent: while a slot holder waits on the host (an output write waiting for
+    room), one more batch runs; afterwards no running batch loses its slot, and admissions
+    pause until the count is under the limit again."""
+    fs = FairShare(make_config(1, {"a": 1, "b": 1}))
+    holder = await fs.acquire("a", 10)
+    waiter = asyncio.create_task(fs.acquire("b", 10))
+    async with asyncio.timeout(5):
+        while not fs.waiting:
+            await asyncio.sleep(0)
+    with fs.lent():
+        lent_grant = await asyncio.wait_for(waiter, 5)  # admitted while the holder waits
+        assert fs.active == 2
+    assert fs.lent_out == 0 and fs.active == 2  # nobody is taken off a slot
+    third = asyncio.create_task(fs.acquire("a", 10))
+    async with asyncio.timeout(5):
+        while not fs.waiting:
+            await asyncio.sleep(0)
+    holder.release()
+    assert not third.done() and fs.active == 1  # 1 running, the limit is 1: still waits
+    lent_grant.release()
+    g3 = await asyncio.wait_for(third, 5)
+    g3.release()
+    assert fs.active == 0 and fs.waiting == 0
