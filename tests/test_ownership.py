@@ -77,13 +77,13 @@ async def test_a_bug_in_the_delivery_loop_fails_the_job_and_the_daemon_goes_on(
     orig = StreamSet._account
     broken = {"left": 1}
 
-    async def account(self: StreamSet, batch: Any, sent: Any) -> None:
+    async def account(self: StreamSet, batch: Any, sent: Any, *rest: Any) -> None:
         if broken["left"]:
             broken["left"] -= 1
             if asyncio.iscoroutine(sent):
                 sent.close()  # a sequential batch: never sent
             raise ZeroDivisionError("a bug in the delivery loop")
-        await orig(self, batch, sent)
+        await orig(self, batch, sent, *rest)
 
     monkeypatch.setattr(StreamSet, "_account", account)
     async with harness() as h:
@@ -192,12 +192,12 @@ async def test_a_bug_while_a_pipelined_batch_is_in_flight(harness, blobs: Path,
     orig = StreamSet._account
     calls = {"n": 0}
 
-    async def account(self: StreamSet, batch: Any, sent: Any) -> None:
+    async def account(self: StreamSet, batch: Any, sent: Any, *rest: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             await asyncio.wait([sent]) if isinstance(sent, asyncio.Task) else None
             raise ZeroDivisionError("a bug while a batch is in flight")
-        await orig(self, batch, sent)
+        await orig(self, batch, sent, *rest)
 
     monkeypatch.setattr(StreamSet, "_account", account)
     async with harness(components={"core": {"guest": "core_probe"}}) as h:
