@@ -34,7 +34,7 @@ from chunkd import jobrunner  # noqa: E402
 from chunkd.config import config_from_mapping  # noqa: E402
 from chunkd.runtime import Runtime  # noqa: E402
 
-SIZE = 256 * MiB
+SIZE = 256 * MiB  # --size-mib
 CHUNKS = (64 * 1024, 1024 * 1024)
 PATHS = ("component", "core", "streams")
 UNFAIR: set[int] = set()  # ids of the runtimes whose jobs run with the scheduler off
@@ -63,6 +63,8 @@ def config(folder: Path, state: Path, otlp: str | None) -> Any:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    global SIZE
+    SIZE = args.size_mib * MiB
     from chunkd.logging import configure_logging
     configure_logging("console", "warning", stream=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="chunkd-cost-"))
@@ -138,5 +140,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "cost.json"))
     asyncio.run(main(ap.parse_args()))
